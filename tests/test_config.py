@@ -1,0 +1,98 @@
+"""Config validation: each bad value fails fast and names its field."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+from vae_jax import config as config_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config_file(name, arg=None):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'configs', f'{name}.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+@pytest.mark.parametrize('name', sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, 'configs'))
+                                         if f.endswith('.py') and not f.startswith('_')))
+def test_every_config_file_validates(name):
+  config_lib.validate(load_config_file(name), num_devices=1)
+
+
+BAD_VALUES = [
+    ('model.latent_dim', 0), ('model.latent_dim', -3), ('model.hidden', (400, 0)),
+    ('optimizer.learning_rate', -1e-3), ('optimizer.learning_rate', float('nan')),
+    ('data.name', 'imagenet'), ('model.likelihood', 'poisson'), ('model.architecture', 'resnet'),
+    ('optimizer.name', 'lion'), ('objective.name', 'vq'), ('train.batch_size', 0),
+    ('train.steps_per_call', 0), ('objective.beta', -1.0), ('objective.num_samples', 0),
+    ('train.log_every_steps', 7), ('sampling.temperature', 0.0), ('train.nan_policy', 'ignore'),
+    ('optimizer.b2', 1.0), ('eval.num_importance_samples', -1), ('model.activation', 'sigmoid'),
+]
+
+
+@pytest.mark.parametrize('field,value', BAD_VALUES)
+def test_bad_value_names_the_field(field, value):
+  c = config_lib.default_config()
+  section, name = field.split('.')
+  c[section][name] = value
+  with pytest.raises(config_lib.ConfigError, match=f'config.{field}'):
+    config_lib.validate(c, num_devices=1)
+
+
+def test_batch_must_divide_device_count():
+  c = config_lib.default_config()
+  c.train.batch_size = 100
+  with pytest.raises(config_lib.ConfigError, match='train.batch_size.*8 devices'):
+    config_lib.validate(c, num_devices=8)
+
+
+def test_bernoulli_needs_binary_data():
+  c = config_lib.default_config()
+  c.data.binarization = 'none'
+  with pytest.raises(config_lib.ConfigError, match='model.likelihood'):
+    config_lib.validate(c, num_devices=1)
+
+
+def test_differing_fields_ignore_run_length_and_reporting():
+  old = config_lib.default_config().to_dict()
+  new = config_lib.default_config()
+  new.train.num_steps = 99
+  new.eval.batch_size = 10
+  assert config_lib.differing_fields(old, new.to_dict()) == []
+  new.model.latent_dim = 50
+  new.model.hidden = (500, 500)
+  assert config_lib.differing_fields(old, new.to_dict()) == [
+      'model.hidden: [400] -> [500, 500]', 'model.latent_dim: 20 -> 50']
+
+
+@pytest.mark.parametrize('override,field', [
+    ('--config.model.latent_dim=0', 'model.latent_dim'),
+    ('--config.optimizer.learning_rate=-0.1', 'optimizer.learning_rate'),
+    ('--config.data.name=nope', 'data.name'),
+])
+def test_cli_rejects_bad_value_before_creating_workdir(tmp_path, override, field):
+  workdir = tmp_path / 'run'
+  result = subprocess.run(
+      [sys.executable, '-m', 'vae_jax.main', '--config=configs/quickstart.py',
+       f'--workdir={workdir}', override],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert f'config.{field}' in result.stderr
+  assert 'Traceback' not in result.stderr
+  assert not workdir.exists()
+
+
+def test_cli_rejects_misspelt_field(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'vae_jax.main', '--config=configs/quickstart.py',
+       f'--workdir={tmp_path / "run"}', '--config.model.latnet_dim=5'],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert 'latnet_dim' in result.stderr
+  assert not (tmp_path / 'run').exists()

@@ -1,0 +1,223 @@
+"""The config schema: `default_config()` and `validate(config)`.
+
+Every experiment file in configs/ starts from `default_config()` and changes a
+few fields. `validate` checks every field before anything compiles or touches
+the disk, and names the field it rejects.
+"""
+
+import json
+
+import jax
+import ml_collections
+
+DATASETS = ('embedded_mnist', 'binarized_mnist', 'mnist', 'fashion_mnist', 'cifar10')
+BINARIZATIONS = ('static', 'dynamic', 'none')
+ARCHITECTURES = ('mlp', 'conv')
+ACTIVATIONS = ('relu', 'tanh', 'elu', 'gelu', 'softplus', 'swish')
+LIKELIHOODS = ('bernoulli', 'gaussian', 'discretized_logistic')
+OBJECTIVES = ('elbo', 'iwae')
+OPTIMIZERS = ('adam', 'adamw', 'adagrad', 'sgd')
+SCHEDULES = ('constant', 'cosine', 'warmup_cosine')
+NAN_POLICIES = ('stop', 'skip')
+
+# Fields that may change between a run and its resumption: they steer how long
+# to train and what to report, not what is being trained.
+RESUMABLE_PREFIXES = (
+    'train.num_steps', 'train.num_epochs', 'train.log_every_steps',
+    'train.eval_every_steps', 'train.checkpoint_every_steps',
+    'train.max_checkpoints_to_keep', 'eval.', 'sampling.', 'logging.', 'resume.',
+)
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the field."""
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The defaults every experiment config starts from (a small MLP VAE)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'embedded_mnist'
+  c.data.data_dir = ''  # '' -> $TFDS_DATA_DIR, else TFDS's default.
+  c.data.binarization = 'dynamic'
+  c.data.train_split = 'train'
+  c.data.eval_split = 'test'
+  c.data.download = True
+
+  c.model = ml_collections.ConfigDict()
+  c.model.architecture = 'mlp'
+  c.model.hidden = (400,)
+  c.model.conv_features = (32, 64)
+  c.model.latent_dim = 20
+  c.model.activation = 'relu'
+  c.model.likelihood = 'bernoulli'
+
+  c.objective = ml_collections.ConfigDict()
+  c.objective.name = 'elbo'
+  c.objective.beta = 1.0
+  c.objective.kl_warmup_steps = 0
+  c.objective.free_bits = 0.0
+  c.objective.num_samples = 1  # k of the IWAE bound.
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = 'adam'
+  c.optimizer.learning_rate = 1e-3
+  c.optimizer.schedule = 'constant'
+  c.optimizer.warmup_steps = 0
+  c.optimizer.weight_decay = 0.0
+  c.optimizer.grad_clip_norm = 0.0  # 0 -> no clipping.
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.999
+  c.optimizer.eps = 1e-8
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 128
+  c.train.num_epochs = 0.0  # > 0 overrides num_steps.
+  c.train.num_steps = 10_000
+  c.train.steps_per_call = 10
+  c.train.log_every_steps = 500
+  c.train.eval_every_steps = 2_500
+  c.train.checkpoint_every_steps = 2_500
+  c.train.max_checkpoints_to_keep = 3
+  c.train.nan_policy = 'stop'
+  c.train.max_consecutive_nonfinite = 10
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 500
+  c.eval.num_importance_samples = 0  # K of the final log p(x) estimate; 0 skips it.
+  c.eval.importance_batch_size = 2
+  c.eval.importance_chunk_size = 500
+
+  c.sampling = ml_collections.ConfigDict()
+  c.sampling.num_samples = 64
+  c.sampling.temperature = 1.0
+  c.sampling.num_reconstructions = 32
+
+  c.logging = ml_collections.ConfigDict()
+  c.logging.tensorboard = True
+
+  c.resume = ml_collections.ConfigDict()
+  c.resume.allow_config_change = False
+  return c
+
+
+def _check(ok, field, message):
+  if not ok:
+    raise ConfigError(f'config.{field}: {message}')
+
+
+def _choice(config, field, choices):
+  value = _get(config, field)
+  _check(value in choices, field, f'{value!r} is not one of {choices}')
+
+
+def _positive(config, field, kind=int, allow_zero=False):
+  value = _get(config, field)
+  _check(isinstance(value, kind) and not isinstance(value, bool), field,
+         f'expected {kind.__name__}, got {value!r}')
+  _check(value > 0 or (allow_zero and value == 0), field,
+         f'must be {">= 0" if allow_zero else "> 0"}, got {value!r}')
+
+
+def _get(config, field):
+  value = config
+  for part in field.split('.'):
+    value = value[part]
+  return value
+
+
+def _number(config, field):
+  value = _get(config, field)
+  _check(isinstance(value, (int, float)) and not isinstance(value, bool), field,
+         f'expected a number, got {value!r}')
+  _check(value == value and abs(value) != float('inf'), field, f'must be finite, got {value!r}')
+  return value
+
+
+def validate(config, num_devices=None):
+  """Raises ConfigError naming the first field whose value cannot work."""
+  _positive(config, 'seed', allow_zero=True)
+  _choice(config, 'data.name', DATASETS)
+  _choice(config, 'data.binarization', BINARIZATIONS)
+  _choice(config, 'model.architecture', ARCHITECTURES)
+  _choice(config, 'model.activation', ACTIVATIONS)
+  _choice(config, 'model.likelihood', LIKELIHOODS)
+  _positive(config, 'model.latent_dim')
+  for field in ('model.hidden', 'model.conv_features'):
+    widths = tuple(_get(config, field))
+    _check(all(isinstance(w, int) and w > 0 for w in widths), field,
+           f'every width must be a positive int, got {widths!r}')
+  _check(config.model.architecture != 'conv' or len(config.model.conv_features) > 0,
+         'model.conv_features', 'a conv model needs at least one layer')
+  binary = config.data.binarization in ('static', 'dynamic') or config.data.name == 'binarized_mnist'
+  _check(config.model.likelihood != 'bernoulli' or binary, 'model.likelihood',
+         "'bernoulli' needs binary data (data.binarization 'static' or 'dynamic')")
+
+  _choice(config, 'objective.name', OBJECTIVES)
+  _check(_number(config, 'objective.beta') >= 0, 'objective.beta', 'must be >= 0')
+  _positive(config, 'objective.kl_warmup_steps', allow_zero=True)
+  _check(_number(config, 'objective.free_bits') >= 0, 'objective.free_bits', 'must be >= 0')
+  _positive(config, 'objective.num_samples')
+
+  _choice(config, 'optimizer.name', OPTIMIZERS)
+  _choice(config, 'optimizer.schedule', SCHEDULES)
+  _check(_number(config, 'optimizer.learning_rate') > 0, 'optimizer.learning_rate', 'must be > 0')
+  _positive(config, 'optimizer.warmup_steps', allow_zero=True)
+  _check(_number(config, 'optimizer.weight_decay') >= 0, 'optimizer.weight_decay', 'must be >= 0')
+  _check(_number(config, 'optimizer.grad_clip_norm') >= 0, 'optimizer.grad_clip_norm',
+         'must be >= 0 (0 turns clipping off)')
+  for field in ('optimizer.b1', 'optimizer.b2'):
+    _check(0 <= _number(config, field) < 1, field, 'must be in [0, 1)')
+  _check(_number(config, 'optimizer.eps') > 0, 'optimizer.eps', 'must be > 0')
+
+  for field in ('train.batch_size', 'train.num_steps', 'train.steps_per_call',
+                'train.log_every_steps', 'train.eval_every_steps',
+                'train.checkpoint_every_steps', 'train.max_checkpoints_to_keep',
+                'train.max_consecutive_nonfinite', 'eval.batch_size',
+                'eval.importance_batch_size', 'eval.importance_chunk_size',
+                'sampling.num_samples', 'sampling.num_reconstructions'):
+    _positive(config, field)
+  _check(_number(config, 'train.num_epochs') >= 0, 'train.num_epochs', 'must be >= 0')
+  _positive(config, 'eval.num_importance_samples', allow_zero=True)
+  _check(_number(config, 'sampling.temperature') > 0, 'sampling.temperature', 'must be > 0')
+  _choice(config, 'train.nan_policy', NAN_POLICIES)
+  per_call = config.train.steps_per_call
+  for field in ('train.log_every_steps', 'train.eval_every_steps', 'train.checkpoint_every_steps'):
+    _check(_get(config, field) % per_call == 0, field,
+           f'must be a multiple of train.steps_per_call ({per_call})')
+
+  num_devices = jax.device_count() if num_devices is None else num_devices
+  for field in ('train.batch_size', 'eval.batch_size'):
+    _check(_get(config, field) % num_devices == 0, field,
+           f'{_get(config, field)} is not divisible by the {num_devices} devices')
+
+
+def to_json(config) -> str:
+  """The resolved config as stable, human-readable JSON."""
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
+
+
+def flatten(tree, prefix=''):
+  """{'a': {'b': 1}} -> {'a.b': 1}; tuples become lists (as JSON has them)."""
+  flat = {}
+  for key, value in tree.items():
+    name = f'{prefix}{key}'
+    if isinstance(value, dict):
+      flat.update(flatten(value, name + '.'))
+    else:
+      flat[name] = list(value) if isinstance(value, tuple) else value
+  return flat
+
+
+def differing_fields(saved: dict, current: dict, ignore=RESUMABLE_PREFIXES):
+  """Fields whose values differ between two configs, as 'field: old -> new'."""
+  old, new = flatten(saved), flatten(json.loads(json.dumps(current, default=list)))
+  diffs = []
+  for name in sorted(set(old) | set(new)):
+    if any(name == p or (p.endswith('.') and name.startswith(p)) for p in ignore):
+      continue
+    if old.get(name, '<missing>') != new.get(name, '<missing>'):
+      diffs.append(f'{name}: {old.get(name, "<missing>")!r} -> {new.get(name, "<missing>")!r}')
+  return diffs

@@ -1,0 +1,97 @@
+"""Generates from a trained workdir without retraining.
+
+  python -m vae_jax.generate --workdir=DIR --temperatures=0.5,0.8,1.0 \
+      --reconstruct=0,1,2,3 --interpolate=0,1 --traverse=0
+
+Writes PNG grids into DIR/generated/ (or --output_dir): prior samples per
+temperature, chosen held-out images beside their reconstructions, a latent
+interpolation between two held-out images, and latent traversals (one row per
+latent dimension, the most informative dimensions, by KL, first).
+"""
+
+import os
+import sys
+
+import jax
+import numpy as np
+from absl import app
+from absl import flags
+
+from vae_jax import checkpoint
+from vae_jax import data
+from vae_jax import evaluate
+from vae_jax import logging as vlog
+from vae_jax import sampling
+from vae_jax import train
+from vae_jax import workdir as workdir_lib
+
+_WORKDIR = flags.DEFINE_string('workdir', None, 'A trained vae_jax workdir.')
+_OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Where to write PNGs (default WORKDIR/generated).')
+_TEMPERATURES = flags.DEFINE_list('temperatures', ['0.5', '0.8', '1.0'], 'Prior sampling temperatures.')
+_NUM_SAMPLES = flags.DEFINE_integer('num_samples', 64, 'Prior samples per temperature.')
+_RECONSTRUCT = flags.DEFINE_list('reconstruct', [str(i) for i in range(16)], 'Held-out image indices.')
+_INTERPOLATE = flags.DEFINE_list('interpolate', ['0', '1'], 'Two held-out image indices.')
+_TRAVERSE = flags.DEFINE_integer('traverse', 0, 'Held-out image whose latents are traversed.')
+_TRAVERSE_DIMS = flags.DEFINE_integer('traverse_dims', 10, 'How many latent dims to traverse.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Seed of the prior samples.')
+_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
+flags.mark_flag_as_required('workdir')
+
+
+def load_trained(workdir, step=None):
+  """(experiment, params, step) of a workdir, from its config.json and a checkpoint."""
+  config = workdir_lib.load_config(workdir)
+  exp = train.build_experiment(config)
+  target = train.init_state(exp).to_dict()
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), async_save=False)
+  try:
+    restored_step, state, _ = ckpt.restore(target, step=step)
+  finally:
+    ckpt.close()
+  return exp, state['params'], restored_step
+
+
+def _save(out_dir, name, images, columns=None):
+  path = os.path.join(out_dir, f'{name}.png')
+  vlog.save_png(path, vlog.image_grid(np.asarray(images), columns=columns))
+  vlog.info(f'wrote {path}')
+
+
+def generate(workdir, out_dir, temperatures, num_samples, reconstruct, interpolate,
+             traverse, traverse_dims, seed=0, step=None):
+  exp, params, step = load_trained(workdir, step)
+  os.makedirs(out_dir, exist_ok=True)
+  model = exp.model
+  eval_images = data.fixed_eval_images(exp.dataset, exp.config.seed)
+  key = jax.random.key(seed)
+  for t in temperatures:
+    _save(out_dir, f'samples_t{t:g}', sampling.prior_samples(model, params, key, num_samples, t))
+  x = eval_images[np.asarray(reconstruct, int)]
+  _save(out_dir, 'reconstructions',
+        sampling.side_by_side(x, sampling.reconstructions(model, params, x)), columns=16)
+  a, b = eval_images[interpolate[0]], eval_images[interpolate[1]]
+  _save(out_dir, 'interpolation', sampling.interpolate(model, params, a, b, 12), columns=12)
+  kl = np.asarray(evaluate.kl_per_dimension(model, params, eval_images[:1000], batch_size=500))
+  dims = np.argsort(-kl)[:traverse_dims]
+  values = np.linspace(-3.0, 3.0, 11)
+  _save(out_dir, 'traversal',
+        sampling.traversal(model, params, eval_images[traverse], dims, values), columns=11)
+  vlog.info(f'generated from step {step}; latent dims by KL (nats): '
+            + ', '.join(f'{d}:{kl[d]:.2f}' for d in dims))
+
+
+def main(argv):
+  del argv
+  out_dir = _OUTPUT_DIR.value or os.path.join(_WORKDIR.value, 'generated')
+  try:
+    generate(_WORKDIR.value, out_dir, [float(t) for t in _TEMPERATURES.value],
+             _NUM_SAMPLES.value, [int(i) for i in _RECONSTRUCT.value],
+             [int(i) for i in _INTERPOLATE.value], _TRAVERSE.value, _TRAVERSE_DIMS.value,
+             _SEED.value, _STEP.value)
+  except (workdir_lib.WorkdirError, checkpoint.CheckpointError, data.DatasetError) as e:
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  app.run(main)

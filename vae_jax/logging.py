@@ -1,0 +1,111 @@
+"""Where numbers and pictures go: JSON lines, TensorBoard events, PNG grids.
+
+Only process 0 writes; the writer is a no-op elsewhere. TensorBoard events are
+written with tensorboardX, which needs no TensorFlow.
+"""
+
+import json
+import math
+import os
+import time
+
+import numpy as np
+from PIL import Image
+
+METRICS_FILE = 'metrics.jsonl'
+
+
+class MetricWriter:
+  """Appends {'step': s, 'split': ..., **metrics} lines and TensorBoard scalars."""
+
+  def __init__(self, workdir, *, enabled=True, tensorboard=True):
+    self._enabled = enabled
+    self._jsonl = None
+    self._tb = None
+    if not enabled:
+      return
+    self._jsonl = open(os.path.join(workdir, METRICS_FILE), 'a', encoding='utf-8')
+    if tensorboard:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+  def write(self, step, split, metrics):
+    if not self._enabled:
+      return
+    record = {'step': int(step), 'split': split, 'time': time.time()}
+    record.update({k: _to_python(v) for k, v in metrics.items()})
+    self._jsonl.write(json.dumps(record) + '\n')
+    self._jsonl.flush()
+    if self._tb is not None:
+      for name, value in metrics.items():
+        if np.ndim(value) == 0:
+          self._tb.add_scalar(f'{split}/{name}', float(value), int(step))
+
+  def write_image(self, step, name, grid):
+    if self._tb is not None:
+      self._tb.add_image(name, grid, int(step), dataformats='HWC')
+
+  def close(self):
+    if self._jsonl is not None:
+      self._jsonl.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+def _to_python(value):
+  value = np.asarray(value)
+  return value.item() if value.ndim == 0 else value.tolist()
+
+
+def read_metrics(workdir, split=None):
+  """The records of a workdir's metrics file (optionally of one split)."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path, encoding='utf-8') as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  return [r for r in records if split is None or r['split'] == split]
+
+
+def image_grid(images, columns=None, pad=2):
+  """[N, H, W, C] floats in [0, 1] -> one uint8 [H', W', C] grid image."""
+  images = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
+  n, h, w, c = images.shape
+  columns = columns or int(math.ceil(math.sqrt(n)))
+  rows = int(math.ceil(n / columns))
+  grid = np.ones((rows * (h + pad) + pad, columns * (w + pad) + pad, c), np.float32)
+  for i, image in enumerate(images):
+    r, col = divmod(i, columns)
+    top, left = pad + r * (h + pad), pad + col * (w + pad)
+    grid[top:top + h, left:left + w] = image
+  return (grid * 255.0 + 0.5).astype(np.uint8)
+
+
+def save_png(path, grid, scale=2):
+  """Writes a uint8 grid as PNG, enlarged `scale` times (nearest) for viewing."""
+  image = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
+  if scale > 1:
+    image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+  tmp = path + '.tmp'
+  image.save(tmp, format='PNG')
+  os.replace(tmp, path)
+
+
+def format_duration(seconds):
+  seconds = int(max(seconds, 0))
+  hours, rest = divmod(seconds, 3600)
+  minutes, secs = divmod(rest, 60)
+  return f'{hours}h{minutes:02d}m' if hours else f'{minutes}m{secs:02d}s'
+
+
+def progress_line(step, num_steps, metrics, steps_per_sec, batch_size):
+  """One readable console line: step, loss terms, speed and ETA."""
+  terms = ' | '.join(f'{k} {float(v):.2f}' for k, v in metrics.items())
+  eta = (num_steps - step) / steps_per_sec if steps_per_sec > 0 else float('nan')
+  return (f'step {step}/{num_steps} | {terms} | {steps_per_sec:.1f} steps/s '
+          f'({steps_per_sec * batch_size:,.0f} img/s) | ETA {format_duration(eta)}')
+
+
+def info(message):
+  """One console line, flushed at once (so tail -f and CI logs see it)."""
+  print(message, flush=True)

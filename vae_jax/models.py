@@ -1,0 +1,147 @@
+"""Flax Linen encoders, decoders and the VAE that joins them.
+
+Modules are pure: parameters come in through `apply`, randomness through an
+explicit key argument. A model never sees a config, a mesh or a file; `make_model`
+turns the config's `model` fields into constructor arguments.
+"""
+
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vae_jax import distributions
+
+ACTIVATIONS = {
+    'relu': nn.relu,
+    'tanh': jnp.tanh,
+    'elu': nn.elu,
+    'gelu': nn.gelu,
+    'softplus': nn.softplus,
+    'swish': nn.swish,
+}
+ARCHITECTURES = ('mlp', 'conv')
+
+
+class MLPEncoder(nn.Module):
+  """x [B, H, W, C] -> (mean, log_var) of a diagonal Gaussian q(z | x)."""
+
+  hidden: Sequence[int]
+  latent_dim: int
+  activation: Callable = nn.relu
+
+  @nn.compact
+  def __call__(self, x):
+    h = x.reshape((x.shape[0], -1))
+    for width in self.hidden:
+      h = self.activation(nn.Dense(width)(h))
+    stats = nn.Dense(2 * self.latent_dim)(h)
+    mean, log_var = jnp.split(stats, 2, axis=-1)
+    return mean, log_var
+
+
+class MLPDecoder(nn.Module):
+  """z [B, D] -> decoder output [B, H, W, C * out_channels]."""
+
+  hidden: Sequence[int]
+  image_shape: Sequence[int]
+  out_channels: int
+  activation: Callable = nn.relu
+
+  @nn.compact
+  def __call__(self, z):
+    h = z
+    for width in self.hidden:
+      h = self.activation(nn.Dense(width)(h))
+    height, width, channels = self.image_shape
+    out = nn.Dense(height * width * channels * self.out_channels)(h)
+    return out.reshape((z.shape[0], height, width, channels * self.out_channels))
+
+
+class ConvEncoder(nn.Module):
+  """Strided 3x3 convolutions, each halving the resolution, then a Dense head."""
+
+  features: Sequence[int]
+  latent_dim: int
+  activation: Callable = nn.relu
+
+  @nn.compact
+  def __call__(self, x):
+    h = x
+    for width in self.features:
+      h = self.activation(nn.Conv(width, (3, 3), strides=(2, 2))(h))
+    h = h.reshape((h.shape[0], -1))
+    stats = nn.Dense(2 * self.latent_dim)(h)
+    mean, log_var = jnp.split(stats, 2, axis=-1)
+    return mean, log_var
+
+
+class ConvDecoder(nn.Module):
+  """Mirror of ConvEncoder: Dense to a small feature map, then transposed convs."""
+
+  features: Sequence[int]
+  image_shape: Sequence[int]
+  out_channels: int
+  activation: Callable = nn.relu
+
+  @nn.compact
+  def __call__(self, z):
+    height, width, channels = self.image_shape
+    factor = 2 ** len(self.features)
+    base_h, base_w = -(-height // factor), -(-width // factor)
+    h = nn.Dense(base_h * base_w * self.features[-1])(z)
+    h = self.activation(h).reshape((z.shape[0], base_h, base_w, self.features[-1]))
+    for width_ in reversed(self.features):
+      h = self.activation(nn.ConvTranspose(width_, (3, 3), strides=(2, 2))(h))
+    # Upsampling overshoots when the size is not a power of two (28 -> 32): crop.
+    h = h[:, :height, :width, :]
+    return nn.Conv(channels * self.out_channels, (3, 3))(h)
+
+
+class VAE(nn.Module):
+  """A VAE with a diagonal Gaussian posterior and a standard normal prior.
+
+  Kingma & Welling 2013, "Auto-Encoding Variational Bayes".
+  `encode` and `decode` are the two halves; `__call__` runs both with the
+  reparameterisation trick, the key passed explicitly.
+  """
+
+  encoder: nn.Module
+  decoder: nn.Module
+  likelihood: str
+  latent_dim: int
+
+  def encode(self, x):
+    return self.encoder(x)
+
+  def decode(self, z):
+    return self.decoder(z)
+
+  def __call__(self, x, key):
+    mean, log_var = self.encode(x)
+    z = distributions.gaussian_sample(key, mean, log_var)
+    return self.decode(z), mean, log_var
+
+
+def make_model(model_config, image_shape) -> VAE:
+  """Builds the VAE described by the config's `model` fields for `image_shape`."""
+  activation = ACTIVATIONS[model_config.activation]
+  out_channels = distributions.decoder_channels(model_config.likelihood)
+  if model_config.architecture == 'mlp':
+    encoder = MLPEncoder(tuple(model_config.hidden), model_config.latent_dim, activation)
+    decoder = MLPDecoder(
+        tuple(reversed(model_config.hidden)), tuple(image_shape), out_channels, activation)
+  elif model_config.architecture == 'conv':
+    encoder = ConvEncoder(tuple(model_config.conv_features), model_config.latent_dim, activation)
+    decoder = ConvDecoder(
+        tuple(model_config.conv_features), tuple(image_shape), out_channels, activation)
+  else:
+    raise ValueError(f'model.architecture: unknown {model_config.architecture!r}')
+  return VAE(encoder, decoder, model_config.likelihood, model_config.latent_dim)
+
+
+def count_params(params) -> int:
+  """Number of scalars in a parameter pytree."""
+  return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))

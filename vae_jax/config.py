@@ -10,11 +10,15 @@ import json
 import jax
 import ml_collections
 
-DATASETS = ('embedded_mnist', 'binarized_mnist', 'mnist', 'fashion_mnist', 'cifar10')
-BINARIZATIONS = ('static', 'dynamic', 'none')
-ARCHITECTURES = ('mlp', 'conv')
-ACTIVATIONS = ('relu', 'tanh', 'elu', 'gelu', 'softplus', 'swish')
-LIKELIHOODS = ('bernoulli', 'gaussian', 'discretized_logistic')
+from vae_jax import data
+from vae_jax import distributions
+from vae_jax import models
+
+DATASETS = data.DATASETS
+BINARIZATIONS = data.BINARIZATIONS
+ARCHITECTURES = models.ARCHITECTURES
+ACTIVATIONS = tuple(models.ACTIVATIONS)
+LIKELIHOODS = distributions.LIKELIHOODS
 OBJECTIVES = ('elbo', 'iwae')
 OPTIMIZERS = ('adam', 'adamw', 'adagrad', 'sgd')
 SCHEDULES = ('constant', 'cosine', 'warmup_cosine')
@@ -141,6 +145,10 @@ def validate(config, num_devices=None):
   _positive(config, 'seed', allow_zero=True)
   _choice(config, 'data.name', DATASETS)
   _choice(config, 'data.binarization', BINARIZATIONS)
+  try:
+    data.validate_spec(config.data)
+  except data.DatasetError as e:
+    raise ConfigError(str(e)) from None
   _choice(config, 'model.architecture', ARCHITECTURES)
   _choice(config, 'model.activation', ACTIVATIONS)
   _choice(config, 'model.likelihood', LIKELIHOODS)

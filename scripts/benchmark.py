@@ -1,0 +1,618 @@
+"""Compile times, training and evaluation throughput, the matmul roofline and memory.
+
+  TFDS_DATA_DIR=../shared/tensorflow_datasets python -m scripts.benchmark \
+    --config=configs/binarized_mnist.py --config.train.batch_size=1024 \
+    --output=benchmarks/bmnist_b1024.json
+
+Any config plus overrides, as for vae_jax.main. One process measures, in order:
+the float32 matmul throughput of this machine (square matmuls and the model's
+own layer shapes at the batch size); the FLOPs of one training step (from the
+layer shapes, with XLA's cost analysis as a cross-check); the compile time of
+the train step and of both evaluations; the throughput of a bare, hand-written
+jitted step of the same model; the importance-sampled log p(x) throughput; and
+last the throughput of the real loop, `train.train_and_evaluate` in a temporary
+workdir with evaluation pushed past the end, read from its metrics.jsonl. Every
+throughput is the median of --repeats timed repeats after a warm-up, each phase
+bounded by --seconds. The default run takes 1-3 minutes on a 2-core CPU.
+"""
+
+import functools
+import json
+import math
+import os
+import platform
+import resource
+import sys
+import tempfile
+import threading
+import time
+
+from absl import flags
+import flax
+import jax
+import jax.numpy as jnp
+from ml_collections import config_flags
+import numpy as np
+import optax
+
+from vae_jax import config as config_lib
+from vae_jax import data
+from vae_jax import evaluate
+from vae_jax import logging as vlog
+from vae_jax import objectives
+from vae_jax import sharding
+from vae_jax import train
+
+MATMUL_CALL_FLOPS = 5e8  # Work per timed call: enough that dispatch does not count.
+
+
+def _flags(argv):
+  """Parses argv into a fresh FlagValues, so main() can run twice in one process."""
+  fv = flags.FlagValues()
+  config = config_flags.DEFINE_config_file(
+      'config', None, 'Path to a config file (configs/*.py).', flag_values=fv,
+      lock_config=True, sys_argv=argv)  # It finds the --config.* overrides in argv.
+  flags.DEFINE_string('output', '', 'Write the results as JSON to this path.', flag_values=fv)
+  flags.DEFINE_integer('repeats', 5, 'Timed repeats per throughput (the median is reported).',
+                       flag_values=fv)
+  flags.DEFINE_float('seconds', 12.0, 'Time budget of each throughput measurement.',
+                     flag_values=fv)
+  flags.DEFINE_integer('ll_num_samples', 5000, 'K of the importance-sampled log p(x).',
+                       flag_values=fv)
+  flags.DEFINE_integer('ll_num_images', 200, 'Test images for the log p(x) throughput (at most).',
+                       flag_values=fv)
+  flags.DEFINE_list('matmul_sizes', ['512', '1024', '2048'],
+                    'Sides of the square matmuls measured besides the layer shapes.',
+                    flag_values=fv)
+  flags.mark_flag_as_required('config', flag_values=fv)
+  fv(argv)
+  return fv, config.value
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+def _rates(run, units_per_call, repeats, seconds):
+  """`repeats` rates (units/s) of run(n), n sized so that each repeat takes ~seconds/repeats.
+
+  run(n) makes n calls and waits for the last. One untimed call warms up; one
+  timed call sizes n. Also returns the cores this process kept busy meanwhile
+  (CPU time / wall time): well under the machine's count means other load.
+  """
+  run(1)
+  start = time.perf_counter()
+  run(1)
+  one = time.perf_counter() - start
+  calls = max(1, int(seconds / repeats / max(one, 1e-9)))
+  rates = []
+  wall, cpu = time.perf_counter(), time.process_time()
+  for _ in range(repeats):
+    start = time.perf_counter()
+    run(calls)
+    rates.append(calls * units_per_call / (time.perf_counter() - start))
+  return rates, (time.process_time() - cpu) / (time.perf_counter() - wall)
+
+
+def _first_call_overhead(call):
+  """Seconds of the first call beyond a second, identical one: trace + lower + compile."""
+  start = time.perf_counter()
+  jax.block_until_ready(call())
+  first = time.perf_counter() - start
+  start = time.perf_counter()
+  jax.block_until_ready(call())
+  return max(first - (time.perf_counter() - start), 0.0)
+
+
+class _CpuSampler:
+  """Samples (wall clock, process CPU time) 10 times a second in a thread.
+
+  Tells how many cores the loop kept busy over its steady log intervals, whose
+  bounds are known only afterwards, from the metrics file's timestamps.
+  """
+
+  def __init__(self, period=0.1):
+    self._period, self._samples = period, []
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._sample, daemon=True)
+
+  def _sample(self):
+    while not self._stop.wait(self._period):
+      self._samples.append((time.time(), time.process_time()))
+
+  def __enter__(self):
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc):
+    self._stop.set()
+    self._thread.join()
+
+  def cores_between(self, start, stop):
+    times, cpu = np.asarray(self._samples).T
+    return float((np.interp(stop, times, cpu) - np.interp(start, times, cpu)) / (stop - start))
+
+
+def _maxrss_mib():
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux.
+
+
+# ----------------------------------------------------------------------------- FLOPs
+
+
+def layer_flops(model, params, image_shape):
+  """Multiply-add FLOPs per image of each layer with a kernel, in forward order.
+
+  2 * prod(kernel shape) * output positions: 2 * in * out for Dense, 2 * kh * kw
+  * cin * cout * H_out * W_out for a convolution. A strided ConvTranspose is
+  counted as XLA runs it, a convolution over the zero-dilated input.
+  """
+  x = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+  _, state = jax.eval_shape(
+      lambda p: model.apply({'params': p}, x, jax.random.key(0),
+                            capture_intermediates=True, mutable=['intermediates']), params)
+  outputs = flax.traverse_util.flatten_dict(state['intermediates'])
+  layers = []
+  for path, kernel in flax.traverse_util.flatten_dict(params).items():
+    if path[-1] != 'kernel':
+      continue
+    out = outputs[path[:-1] + ('__call__',)][0]
+    flops = 2 * math.prod(kernel.shape) * math.prod(out.shape[1:-1])
+    layers.append({'name': '/'.join(path[:-1]), 'kernel_shape': list(kernel.shape),
+                   'forward_flops_per_image': flops})
+  return layers
+
+
+def _cost_analysis_flops(jitted, *args):
+  """XLA's FLOP count of jitted(*args), from the lowered program (nothing compiles)."""
+  cost = jitted.lower(*args).cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get('flops', float('nan'))) if cost else float('nan')
+
+
+# ----------------------------------------------------------------------------- matmul roofline
+
+
+def matmul_gflops(m, k, n, repeats, seconds):
+  """Median GFLOP/s of a jitted float32 [m, k] @ [k, n].
+
+  The matmul runs many times inside one call, so Python dispatch does not count
+  even for a layer's small shapes. Each product writes one element back into
+  the loop-carried left operand (an in-place update): without that dependency
+  XLA hoists the loop-invariant matmul out of the loop.
+  """
+  a = jnp.asarray(np.random.default_rng(0).standard_normal((m, k)), jnp.float32)
+  b = jnp.asarray(np.random.default_rng(1).standard_normal((k, n)), jnp.float32) / k
+  inner = max(1, int(MATMUL_CALL_FLOPS / (2 * m * k * n)))
+
+  @jax.jit
+  def matmuls(a, b):
+    def body(_, carry):
+      a, _ = carry
+      out = jnp.dot(a, b)
+      return a.at[0, 0].set(out[0, 0]), out
+    return jax.lax.fori_loop(0, inner, body, (a, jnp.zeros((m, n), jnp.float32)))[1]
+
+  def run(calls):
+    for _ in range(calls):
+      out = matmuls(a, b)
+    out.block_until_ready()
+
+  rates, cores = _rates(run, 2 * m * k * n * inner / 1e9, repeats, seconds)
+  return float(np.median(rates)), cores
+
+
+def layer_matmul_shapes(layers, batch_size):
+  """(m, k, n, flops per image) of the three matmuls per Dense layer in a training step."""
+  shapes = []
+  for layer in layers:
+    if len(layer['kernel_shape']) != 2:
+      continue
+    fan_in, fan_out = layer['kernel_shape']
+    for role, (m, k, n) in (('forward', (batch_size, fan_in, fan_out)),
+                            ('input_grad', (batch_size, fan_out, fan_in)),
+                            ('weight_grad', (fan_in, batch_size, fan_out))):
+      shapes.append({'layer': layer['name'], 'role': role, 'm': m, 'k': k, 'n': n,
+                     'flops_per_image': 2 * fan_in * fan_out})
+  return shapes
+
+
+def measure_matmuls(layers, batch_size, squares, repeats, seconds):
+  """GFLOP/s of square matmuls and of the step's layer matmuls; the best is the peak.
+
+  The largest square is not always the fastest (its operands may not fit in
+  cache), so the peak is the best of every shape measured, and named.
+  """
+  layer_shapes = layer_matmul_shapes(layers, batch_size)
+  budget = seconds / (len(squares) + len(layer_shapes))
+  results = []
+  for side in squares:
+    gflops, cores = matmul_gflops(side, side, side, repeats, budget)
+    results.append({'layer': None, 'role': 'square', 'm': side, 'k': side, 'n': side,
+                    'gflops': gflops, 'cores_used': cores})
+  cache = {}
+  for shape in layer_shapes:
+    key = (shape['m'], shape['k'], shape['n'])
+    if key not in cache:
+      cache[key] = matmul_gflops(*key, repeats, budget)
+    results.append(dict(shape, gflops=cache[key][0], cores_used=cache[key][1]))
+  best = max(results, key=lambda r: r['gflops'])
+  summary = {
+      'shapes': results,
+      'peak_gflops': best['gflops'],
+      'peak_shape': f"{best['m']}x{best['k']}x{best['n']} ({best['role']})",
+  }
+  if layer_shapes and len(layer_shapes) == 3 * len(layers):
+    # The step's matmuls alone, each at the speed measured for its shape.
+    seconds_per_image = sum(r['flops_per_image'] / (r['gflops'] * 1e9)
+                            for r in results if r['role'] != 'square')
+    summary['layer_shapes_images_per_sec'] = 1.0 / seconds_per_image
+  return summary
+
+
+# ----------------------------------------------------------------------------- bare step
+
+
+def _to_float(batch, binarization, key):
+  """What the dataset's images become in a step, written in plain jnp."""
+  x = batch.astype(jnp.float32)
+  if jnp.issubdtype(batch.dtype, jnp.integer) and binarization != 'static':
+    x = x / 255.0
+  if binarization == 'dynamic':
+    x = jax.random.bernoulli(key, x).astype(jnp.float32)
+  return x
+
+
+def make_bare_step(model, learning_rate, binarization):
+  """A hand-written Bernoulli-ELBO Adam step, scanned; nothing the library adds.
+
+  No metrics, no finiteness check, no KL schedule, no per-step fold_in: the
+  floor that the library's step is compared with. Non-Bernoulli likelihoods use
+  the library's log_px_given_z.
+  """
+  tx = optax.adam(learning_rate)
+
+  def loss_fn(params, x, key):
+    mean, log_var = model.apply({'params': params}, x, method='encode')
+    z = mean + jnp.exp(0.5 * log_var) * jax.random.normal(key, mean.shape)
+    out = model.apply({'params': params}, z, method='decode')
+    if model.likelihood == 'bernoulli':
+      logits, flat_x = out.reshape(out.shape[0], -1), x.reshape(x.shape[0], -1)
+      recon = jnp.sum(flat_x * logits - jax.nn.softplus(logits), axis=-1)
+    else:
+      recon = objectives.log_px_given_z(model, x, out)
+    kl = 0.5 * jnp.sum(jnp.exp(log_var) + jnp.square(mean) - 1.0 - log_var, axis=-1)
+    return jnp.mean(kl - recon)
+
+  def one_step(carry, batch):
+    params, opt_state, key = carry
+    key, data_key, sample_key = jax.random.split(key, 3)
+    loss, grads = jax.value_and_grad(loss_fn)(params, _to_float(batch, binarization, data_key),
+                                              sample_key)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state, key), loss
+
+  @functools.partial(jax.jit, donate_argnums=(0,))
+  def steps(carry, images, indices):
+    return jax.lax.scan(lambda c, idx: one_step(c, images[idx]), carry, indices)
+
+  return tx, one_step, steps
+
+
+class BareStep:
+  """The bare step, compiled, with its state; timed both before and after the real loop.
+
+  Timing it on both sides of the loop makes the loop / bare ratio less
+  sensitive to load that comes and goes on a shared machine.
+  """
+
+  def __init__(self, exp, params):
+    c = exp.config.train
+    self.images_per_call = c.steps_per_call * c.batch_size
+    tx, one_step, steps = make_bare_step(
+        exp.model, exp.config.optimizer.learning_rate, exp.dataset.binarization)
+    self.images = jax.device_put(exp.dataset.train)
+    rng = np.random.default_rng(0)
+    self.index_sets = [jax.device_put(rng.integers(0, exp.dataset.num_train,
+                                                   (c.steps_per_call, c.batch_size), np.int32))
+                       for _ in range(4)]
+    self.carry = (params, tx.init(params), jax.random.key(0))
+    start = time.perf_counter()
+    self.compiled = steps.lower(self.carry, self.images, self.index_sets[0]).compile()
+    self.compile_s = time.perf_counter() - start
+    one_batch = self.images[self.index_sets[0][0]]
+    self.flops_per_image = _cost_analysis_flops(
+        jax.jit(one_step), self.carry, one_batch) / c.batch_size
+
+  @property
+  def params(self):
+    return self.carry[0]
+
+  def run(self, calls):
+    for i in range(calls):
+      self.carry, loss = self.compiled(
+          self.carry, self.images, self.index_sets[i % len(self.index_sets)])
+    loss.block_until_ready()
+
+  def rates(self, repeats, seconds):
+    return _rates(self.run, self.images_per_call, repeats, seconds)
+
+
+# ----------------------------------------------------------------------------- the library
+
+
+def bench_compile(exp, params, eval_images, num_samples):
+  """Compile times of the library's train step (AOT) and evaluations (first-call overhead)."""
+  c = exp.config
+  mesh = sharding.make_mesh()
+  state = sharding.put_replicated(train.init_state(exp), mesh)
+  images = sharding.put_replicated(exp.dataset.train, mesh)
+  indices = sharding.put_batch(
+      data.batch_indices_for_steps(c.seed, 0, c.train.steps_per_call, c.train.batch_size,
+                                   exp.dataset.num_train), mesh, batch_axis=1)
+  step_fn = train.make_train_step(exp)
+  start = time.perf_counter()
+  lowered = step_fn.lower(state, images, indices, exp.keys['train'])
+  lowered_at = time.perf_counter()
+  lowered.compile()
+  compiled_at = time.perf_counter()
+
+  elbo_images = eval_images[:c.eval.batch_size]
+  ll_images = eval_images[:c.eval.importance_batch_size]
+  return {
+      'train_step_s': compiled_at - start,
+      'train_step_trace_lower_s': lowered_at - start,
+      'train_step_xla_compile_s': compiled_at - lowered_at,
+      'elbo_eval_s': _first_call_overhead(lambda: evaluate.evaluate_elbo(
+          exp.model, params, elbo_images, exp.keys['eval'], batch_size=c.eval.batch_size)),
+      'log_likelihood_s': _first_call_overhead(lambda: evaluate.evaluate_log_likelihood(
+          exp.model, params, ll_images, exp.keys['eval'], num_samples=num_samples,
+          batch_size=c.eval.importance_batch_size, chunk_size=c.eval.importance_chunk_size,
+          progress=False)),
+  }
+
+
+def bench_log_likelihood(exp, params, eval_images, num_samples, num_images, repeats, seconds):
+  """Median images/s of evaluate_log_likelihood at K = num_samples over a few test images."""
+  c = exp.config.eval
+
+  def evaluate_on(images):
+    return evaluate.evaluate_log_likelihood(
+        exp.model, params, images, exp.keys['eval'], num_samples=num_samples,
+        batch_size=c.importance_batch_size, chunk_size=c.importance_chunk_size, progress=False)
+
+  start = time.perf_counter()
+  evaluate_on(eval_images[:c.importance_batch_size])
+  per_image = (time.perf_counter() - start) / c.importance_batch_size
+  # Each repeat is a whole number of batches, so no padded image is timed.
+  per_repeat = min(num_images // repeats, int(seconds / repeats / per_image))
+  per_repeat = max(c.importance_batch_size, per_repeat // c.importance_batch_size
+                   * c.importance_batch_size)
+  rates, log_px = [], []
+  wall, cpu = time.perf_counter(), time.process_time()
+  for r in range(repeats):
+    images = eval_images[r * per_repeat:(r + 1) * per_repeat]
+    start = time.perf_counter()
+    log_px.append(evaluate_on(images)['log_px'])
+    rates.append(len(images) / (time.perf_counter() - start))
+  cores = (time.process_time() - cpu) / (time.perf_counter() - wall)
+  rate = float(np.median(rates))
+  return {
+      'cores_used': cores,
+      'num_samples': num_samples,
+      'chunk_size': c.importance_chunk_size,
+      'batch_size': c.importance_batch_size,
+      'num_images': per_repeat * repeats,
+      'images_per_sec': rate,
+      'repeats_images_per_sec': rates,
+      'minutes_for_10000_images': 10_000 / rate / 60,
+      'mean_log_px': float(np.mean(log_px)),
+  }
+
+
+def bench_elbo_eval(exp, params, eval_images):
+  """Images/s of evaluate_elbo over the whole evaluation split (compiled already)."""
+  start = time.perf_counter()
+  evaluate.evaluate_elbo(exp.model, params, eval_images, exp.keys['eval'],
+                         batch_size=exp.config.eval.batch_size)
+  return {'images_per_sec': len(eval_images) / (time.perf_counter() - start),
+          'num_images': len(eval_images)}
+
+
+def loop_config(config, steps_per_sec, repeats, seconds):
+  """The config, run for whole log intervals that fill the budget, without evaluation.
+
+  The config's log and checkpoint intervals are kept, so logging and checkpoints
+  cost the loop what they cost a real run. Only where 1 + repeats log intervals
+  would not fit in the budget is the log interval shortened (to whole calls),
+  and the checkpoint interval then rounded down to whole log intervals.
+  """
+  c = config.copy_and_resolve_references()
+  per_call = c.train.steps_per_call
+  fits = per_call * max(1, int(steps_per_sec * seconds / (repeats + 1) / per_call))
+  interval = min(c.train.log_every_steps, fits)
+  num_intervals = 1 + max(repeats, int(steps_per_sec * seconds / interval) - 1)
+  c.train.num_epochs = 0.0
+  c.train.num_steps = interval * num_intervals
+  c.train.log_every_steps = interval
+  c.train.eval_every_steps = c.train.num_steps + per_call
+  c.train.checkpoint_every_steps = max(
+      interval, config.train.checkpoint_every_steps // interval * interval)
+  c.eval.num_importance_samples = 0
+  return c
+
+
+def bench_loop(config, steps_per_sec, repeats, seconds):
+  """Images/s of train.train_and_evaluate: the median of the log intervals after the first.
+
+  The first interval holds the compilation. The loop's own steps/s records are
+  used as they are: each spans the dispatches, the metric fetch and log writes,
+  and the checkpoint saves of its interval. The final evaluation, image grids
+  and last checkpoint come after the last record, so they count in wall_s only.
+  """
+  c = loop_config(config, steps_per_sec, repeats, seconds)
+  with tempfile.TemporaryDirectory() as workdir:
+    start = time.perf_counter()
+    with _CpuSampler() as sampler:
+      train.train_and_evaluate(c, workdir)
+    wall = time.perf_counter() - start
+    records = vlog.read_metrics(workdir, 'train')
+  batch = c.train.batch_size
+  interval = c.train.log_every_steps
+  steady = [r['steps_per_sec'] * batch for r in records[1:]]
+  median = float(np.median(steady))
+  return {
+      'images_per_sec': median,
+      'repeats_images_per_sec': steady,
+      # All images over all time of the same intervals (their harmonic mean, as
+      # each interval has as many steps): checkpoints amortised in.
+      'mean_images_per_sec': len(steady) / sum(1.0 / s for s in steady),
+      'num_steps': c.train.num_steps,
+      'log_every_steps': interval,
+      'checkpoint_every_steps': c.train.checkpoint_every_steps,
+      # A save at step s is timed in the interval after s: every save but the final one.
+      'checkpoints_timed': (c.train.num_steps - 1) // c.train.checkpoint_every_steps,
+      'first_interval_overhead_s': interval / records[0]['steps_per_sec'] - interval * batch / median,
+      'wall_s': wall,
+      'cores_used': sampler.cores_between(records[0]['time'], records[-1]['time']),
+  }
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def run(config, *, repeats=5, seconds=12.0, ll_num_samples=5000, ll_num_images=200,
+        matmul_sizes=(512, 1024, 2048)):
+  """Every measurement of the module docstring, as one JSON-ready dict."""
+  config_lib.validate(config)
+  results = {'machine': _machine(), 'memory': {}}
+  memory = results['memory']
+
+  start = time.perf_counter()
+  exp = train.build_experiment(config)
+  eval_images = data.fixed_eval_images(exp.dataset, config.seed)
+  results['data_load_s'] = time.perf_counter() - start
+  memory['maxrss_mib_after_data'] = _maxrss_mib()
+  params = train.init_state(exp).params
+
+  layers = layer_flops(exp.model, params, exp.dataset.image_shape)
+  forward = sum(layer['forward_flops_per_image'] for layer in layers)
+  flops = {'layers': layers, 'forward_per_image': forward, 'train_step_per_image': 3 * forward}
+
+  results['matmul'] = measure_matmuls(layers, config.train.batch_size, matmul_sizes,
+                                      repeats, seconds / 2)
+  memory['maxrss_mib_after_matmul'] = _maxrss_mib()
+
+  bare = BareStep(exp, params)
+  before, cores_before = bare.rates(repeats, seconds / 2)
+  params = bare.params
+  flops['xla_cost_analysis_train_step_per_image'] = bare.flops_per_image
+  results['flops'] = flops
+  results['compile_s'] = dict(bench_compile(exp, params, eval_images, ll_num_samples),
+                              bare_step_s=bare.compile_s)
+  results['log_likelihood'] = bench_log_likelihood(
+      exp, params, eval_images, ll_num_samples, ll_num_images, repeats, seconds)
+  results['elbo_eval'] = bench_elbo_eval(exp, params, eval_images)
+  memory['maxrss_mib_after_eval'] = _maxrss_mib()
+  del exp, eval_images, params  # The loop loads its own copy of the data.
+
+  results['machine']['loadavg_before_loop'] = list(os.getloadavg())
+  steps_per_sec = np.median(before) / config.train.batch_size
+  loop = bench_loop(config, steps_per_sec, repeats, seconds)
+  memory['maxrss_mib_after_loop'] = _maxrss_mib()
+  after, cores_after = bare.rates(repeats, seconds / 2)
+  results['train'] = _train_summary(loop, {
+      'images_per_sec': float(np.median(before + after)),
+      'repeats_images_per_sec': before + after,
+      'before_loop_images_per_sec': float(np.median(before)),
+      'after_loop_images_per_sec': float(np.median(after)),
+      'cores_used': (cores_before + cores_after) / 2,
+  }, flops, results['matmul'])
+
+  # The decoder runs K times per image; the encoder once.
+  decoder = sum(l['forward_flops_per_image'] for l in layers if l['name'].startswith('decoder'))
+  ll = results['log_likelihood']
+  ll['fraction_of_peak'] = (ll['images_per_sec'] * ll_num_samples * decoder
+                            / (results['matmul']['peak_gflops'] * 1e9))
+
+  memory['peak_maxrss_mib'] = _maxrss_mib()
+  memory['device_memory_stats'] = jax.devices()[0].memory_stats()
+  results['machine']['loadavg_end'] = list(os.getloadavg())
+  return results
+
+
+def _train_summary(loop, bare, flops, matmul):
+  peak = matmul['peak_gflops'] * 1e9
+  per_image = flops['train_step_per_image']
+  summary = {
+      'loop': loop,
+      'bare': bare,
+      'overhead_ratio': loop['images_per_sec'] / bare['images_per_sec'],
+      'roofline_images_per_sec': peak / per_image,
+      'loop_fraction_of_roofline': loop['images_per_sec'] * per_image / peak,
+      'bare_fraction_of_roofline': bare['images_per_sec'] * per_image / peak,
+  }
+  if 'layer_shapes_images_per_sec' in matmul:
+    summary['loop_fraction_of_layer_shapes_roofline'] = (
+        loop['images_per_sec'] / matmul['layer_shapes_images_per_sec'])
+  return summary
+
+
+def _machine():
+  return {
+      'platform': platform.platform(),
+      'processor': _cpu_model(),
+      'cpu_count': os.cpu_count(),
+      'jax': jax.__version__,
+      'device': str(jax.devices()[0]),
+      'device_count': jax.device_count(),
+      'loadavg_start': list(os.getloadavg()),
+  }
+
+
+def _cpu_model():
+  try:
+    with open('/proc/cpuinfo', encoding='utf-8') as f:
+      return next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+  except (OSError, StopIteration):
+    return platform.processor()
+
+
+def summary_lines(results):
+  """The headline numbers, one per line."""
+  t, ll, m, cs = results['train'], results['log_likelihood'], results['matmul'], results['compile_s']
+  return [
+      f"matmul peak {m['peak_gflops']:.0f} GFLOP/s ({m['peak_shape']}); "
+      f"train step {results['flops']['train_step_per_image'] / 1e6:.2f} MFLOP/image -> "
+      f"roofline {t['roofline_images_per_sec']:,.0f} images/s",
+      f"train: loop {t['loop']['images_per_sec']:,.0f} images/s, bare "
+      f"{t['bare']['images_per_sec']:,.0f} images/s, loop/bare {t['overhead_ratio']:.3f}, "
+      f"{100 * t['loop_fraction_of_roofline']:.1f}% of roofline; cores busy: loop "
+      f"{t['loop']['cores_used']:.2f}, bare {t['bare']['cores_used']:.2f}",
+      f"compile: train step {cs['train_step_s']:.2f} s, ELBO eval {cs['elbo_eval_s']:.2f} s, "
+      f"log p(x) {cs['log_likelihood_s']:.2f} s",
+      f"log p(x), K={ll['num_samples']}: {ll['images_per_sec']:.1f} images/s -> "
+      f"{ll['minutes_for_10000_images']:.1f} min for 10,000 images",
+      f"peak memory (maxrss) {results['memory']['peak_maxrss_mib']:,.0f} MiB; load average "
+      f"{results['machine']['loadavg_start'][0]:.2f} -> {results['machine']['loadavg_end'][0]:.2f}",
+  ]
+
+
+def main(argv):
+  fv, config = _flags(argv)
+  results = run(config, repeats=fv.repeats, seconds=fv.seconds,
+                ll_num_samples=fv.ll_num_samples, ll_num_images=fv.ll_num_images,
+                matmul_sizes=tuple(int(size) for size in fv.matmul_sizes))
+  results['command'] = ' '.join(argv)
+  results['config'] = config.to_dict()
+  for line in summary_lines(results):
+    vlog.info(line)
+  if fv.output:
+    os.makedirs(os.path.dirname(os.path.abspath(fv.output)), exist_ok=True)
+    with open(fv.output, 'w', encoding='utf-8') as f:
+      json.dump(results, f, indent=2, default=list)
+      f.write('\n')
+  return results
+
+
+if __name__ == '__main__':
+  main(sys.argv)

@@ -8,6 +8,7 @@ diagonal because W's columns are orthogonal. Images are [B, 1, X, 1] with a
 """
 
 import math
+import types
 
 import flax.linen as nn
 import jax
@@ -73,6 +74,19 @@ def assert_mean_close(samples, expected, num_se=5.0):
   samples = np.asarray(samples, np.float64)
   se = samples.std() / math.sqrt(samples.size)
   assert abs(samples.mean() - expected) < num_se * se + 1e-4, (samples.mean(), expected, se)
+
+
+@pytest.mark.parametrize('likelihood', distributions.LIKELIHOODS)
+@pytest.mark.parametrize('lead,image_shape', [((5,), (4, 3, 1)), ((2, 5), (4, 4, 3))])
+def test_log_px_given_z_is_the_likelihood_of_distributions(likelihood, lead, image_shape):
+  channels = distributions.decoder_channels(likelihood)
+  kx, ko = jax.random.split(jax.random.key(0))
+  x = jax.random.uniform(kx, lead[-1:] + image_shape)
+  out_shape = lead + image_shape[:2] + (image_shape[2] * channels,)
+  out = 2.0 * jax.random.normal(ko, out_shape)
+  model = types.SimpleNamespace(likelihood=likelihood)  # Only its likelihood is read.
+  np.testing.assert_allclose(objectives.log_px_given_z(model, x, out),
+                             distributions.log_likelihood(likelihood, x, out), rtol=1e-5)
 
 
 @pytest.mark.parametrize('step,beta,warmup_steps,expected', [

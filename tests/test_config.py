@@ -33,7 +33,21 @@ BAD_VALUES = [
     ('train.steps_per_call', 0), ('objective.beta', -1.0), ('objective.num_samples', 0),
     ('train.log_every_steps', 7), ('sampling.temperature', 0.0), ('train.nan_policy', 'ignore'),
     ('optimizer.b2', 1.0), ('eval.num_importance_samples', -1), ('model.activation', 'sigmoid'),
+    ('objective.num_samples', 5),
 ]
+
+
+@pytest.mark.parametrize('field,value', [('objective.beta', 2.0), ('objective.free_bits', 0.5),
+                                         ('objective.kl_warmup_steps', 100)])
+def test_iwae_rejects_elbo_only_settings(field, value):
+  c = config_lib.default_config()
+  c.objective.name, c.objective.num_samples = 'iwae', 5
+  section, name = field.split('.')
+  c[section][name] = value
+  with pytest.raises(config_lib.ConfigError, match=f'config.{field}'):
+    config_lib.validate(c, num_devices=1)
+  c[section][name] = config_lib.default_config()[section][name]
+  config_lib.validate(c, num_devices=1)
 
 
 @pytest.mark.parametrize('field,value', BAD_VALUES)

@@ -81,3 +81,10 @@ def test_log_likelihood_sums_over_image_axes():
   assert d.likelihood_mean('gaussian', jnp.zeros((1, 2, 2, 2))).shape == (1, 2, 2, 1)
   with pytest.raises(ValueError, match='unknown likelihood'):
     d.log_likelihood('poisson', x, logits)
+
+
+def test_softplus_matches_jax_values_and_gradients():
+  x = jnp.array([-200.0, -30.0, -1.0, 0.0, 1e-3, 2.0, 40.0, 200.0])
+  np.testing.assert_allclose(d.softplus(x), jax.nn.softplus(x), rtol=1e-6)
+  grad = jax.vmap(jax.grad(d.softplus))(x)
+  np.testing.assert_allclose(grad, jax.nn.sigmoid(x), rtol=1e-6, atol=1e-30)

@@ -168,6 +168,14 @@ def validate(config, num_devices=None):
   _positive(config, 'objective.kl_warmup_steps', allow_zero=True)
   _check(_number(config, 'objective.free_bits') >= 0, 'objective.free_bits', 'must be >= 0')
   _positive(config, 'objective.num_samples')
+  if config.objective.name == 'elbo':
+    _check(config.objective.num_samples == 1, 'objective.num_samples',
+           "the 'elbo' objective uses one sample per datapoint; use objective.name='iwae' for k > 1")
+  else:
+    for field, neutral in (('objective.beta', 1.0), ('objective.kl_warmup_steps', 0),
+                           ('objective.free_bits', 0.0)):
+      _check(_get(config, field) == neutral, field,
+             f"the 'iwae' bound has no {field.split('.')[1]}; it must stay {neutral}")
 
   _choice(config, 'optimizer.name', OPTIMIZERS)
   _choice(config, 'optimizer.schedule', SCHEDULES)

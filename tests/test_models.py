@@ -36,3 +36,12 @@ def test_call_uses_the_explicit_key():
   out_b, _, _ = model.apply({'params': params}, x, jax.random.key(2))
   out_c, _, _ = model.apply({'params': params}, x, jax.random.key(3))
   assert jnp.array_equal(out_a, out_b) and not jnp.array_equal(out_a, out_c)
+
+
+def test_depth_to_space_moves_channel_blocks_to_pixels():
+  x = jnp.arange(2 * 4 * 3, dtype=jnp.float32).reshape(1, 1, 2, 12)  # C = 3 per output pixel
+  y = models.depth_to_space(x)
+  assert y.shape == (1, 2, 4, 3)
+  # Input pixel (0, 0)'s 4 channel blocks land at (0,0), (0,1), (1,0), (1,1).
+  assert jnp.array_equal(y[0, 0, 0], x[0, 0, 0, 0:3]) and jnp.array_equal(y[0, 0, 1], x[0, 0, 0, 3:6])
+  assert jnp.array_equal(y[0, 1, 0], x[0, 0, 0, 6:9]) and jnp.array_equal(y[0, 1, 1], x[0, 0, 0, 9:12])

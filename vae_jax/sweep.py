@@ -1,0 +1,179 @@
+"""Sweeps: plain-Python lists of config overrides, run one workdir per point.
+
+A sweep file sits beside its experiment and defines
+
+  BASE_CONFIG = 'configs/binarized_mnist.py'
+  def get_sweep():
+    return sweep.product(sweep.grid({'objective.beta': [0.1, 1.0, 10.0]}),
+                         sweep.grid({'seed': [0, 1, 2]}))
+
+`scripts/sweep.py` expands it and runs each point as its own
+`python -m vae_jax.main` process (resumable: finished points are skipped,
+interrupted ones resume from their checkpoints); `scripts/aggregate.py` collects
+the workdirs into one CSV and plots.
+"""
+
+import hashlib
+import importlib.util
+import itertools
+import json
+import os
+import random
+import re
+import sys
+
+FINAL_METRICS = 'final_metrics.json'
+
+
+def grid(axes: dict) -> list:
+  """Cartesian product of {field: [values]} -> [{field: value, ...}, ...]."""
+  names = list(axes)
+  return [dict(zip(names, values)) for values in itertools.product(*(axes[n] for n in names))]
+
+
+def zipped(axes: dict) -> list:
+  """Values taken together: {a: [1, 2], b: [3, 4]} -> [{a: 1, b: 3}, {a: 2, b: 4}]."""
+  lengths = {len(v) for v in axes.values()}
+  if len(lengths) != 1:
+    raise ValueError(f'zipped axes need equal lengths, got { {k: len(v) for k, v in axes.items()} }')
+  return [dict(zip(axes, values)) for values in zip(*axes.values())]
+
+
+def random_choices(axes: dict, num_points: int, seed: int = 0) -> list:
+  """`num_points` points, each field drawn uniformly from its list (reproducible)."""
+  rng = random.Random(seed)
+  return [{k: rng.choice(list(v)) for k, v in axes.items()} for _ in range(num_points)]
+
+
+def product(*sweeps) -> list:
+  """Every combination of points of several sweeps, merged left to right."""
+  points = [{}]
+  for sweep_points in sweeps:
+    points = [dict(a, **b) for a in points for b in sweep_points]
+  return points
+
+
+def point_names(points: list) -> list:
+  """Readable, filesystem-safe workdir names from the fields that vary.
+
+  [{'objective.beta': 0.1, 'seed': 0, 'train.batch_size': 100}, ...] ->
+  ['objective.beta=0.1,seed=0', ...]: fields every point shares are left out;
+  a name longer than 120 characters keeps its start and gets a hash suffix.
+  """
+  fields = []
+  for p in points:
+    fields += [k for k in p if k not in fields]
+  varying = [k for k in fields if len({repr(p.get(k)) for p in points}) > 1]
+  names = []
+  for p in points:
+    name = ','.join(f'{k}={_format(p[k])}' for k in varying if k in p) or 'default'
+    name = re.sub(r'[^A-Za-z0-9._=,+-]', '_', name)
+    if len(name) > 120:
+      digest = hashlib.sha1(name.encode()).hexdigest()[:10]
+      name = f'{name[:100]}-{digest}'
+    names.append(name)
+  return names
+
+
+def _format(value):
+  if isinstance(value, (tuple, list)):
+    return 'x'.join(_format(v) for v in value)
+  return f'{value:g}' if isinstance(value, float) else str(value)
+
+
+def override_flags(overrides: dict) -> list:
+  """--config.<field>=<value> flags (tuples as '(a,b)', which config_flags parses)."""
+  flags = []
+  for field, value in overrides.items():
+    if isinstance(value, (tuple, list)):
+      value = '(' + ','.join(str(v) for v in value) + (',)' if len(value) == 1 else ')')
+    flags.append(f'--config.{field}={value}')
+  return flags
+
+
+def load_sweep(path):
+  """(base config path, {workdir name: overrides}) from a sweep file."""
+  spec = importlib.util.spec_from_file_location('vae_jax_sweep_file', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  points = module.get_sweep()
+  names = point_names(points)
+  duplicates = sorted({n for n in names if names.count(n) > 1})
+  if duplicates:
+    raise ValueError(f'{path}: points repeat: {duplicates}')
+  return module.BASE_CONFIG, dict(zip(names, points))
+
+
+def command(base_config, workdir, overrides, python=sys.executable):
+  return [python, '-m', 'vae_jax.main', f'--config={base_config}', f'--workdir={workdir}',
+          *override_flags(overrides)]
+
+
+def is_finished(workdir) -> bool:
+  return os.path.exists(os.path.join(workdir, FINAL_METRICS))
+
+
+def read_status(sweep_dir) -> dict:
+  path = os.path.join(sweep_dir, 'status.json')
+  if not os.path.exists(path):
+    return {}
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)
+
+
+def write_status(sweep_dir, status):
+  path = os.path.join(sweep_dir, 'status.json')
+  with open(path + '.tmp', 'w', encoding='utf-8') as f:
+    json.dump(status, f, indent=2, sort_keys=True)
+  os.replace(path + '.tmp', path)
+
+
+def _flatten(tree, prefix=''):
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def collect(sweep_dir) -> list:
+  """One row per finished workdir: swept fields, final metrics, best eval ELBO."""
+  from vae_jax import logging as vlog  # pylint: disable=g-import-not-at-top
+  status = read_status(sweep_dir)
+  rows = []
+  for name in sorted(status):
+    workdir = os.path.join(sweep_dir, name)
+    if not is_finished(workdir):
+      continue
+    with open(os.path.join(workdir, FINAL_METRICS), encoding='utf-8') as f:
+      final = json.load(f)
+    row = {'point': name, **status[name]['overrides']}
+    row.update({f'final_{k}': v for k, v in final.items() if not isinstance(v, (list, dict))})
+    evals = [r for r in vlog.read_metrics(workdir, 'eval') if 'elbo' in r]
+    if evals:
+      best = max(evals, key=lambda r: r['elbo'])
+      row.update(best_elbo=best['elbo'], best_step=best['step'])
+    rows.append(row)
+  return rows
+
+
+def group_over_seeds(rows, metrics) -> list:
+  """Mean and std of `metrics` over seeds, one row per setting of the other fields."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  groups = {}
+  for row in rows:
+    key = tuple((k, str(v)) for k, v in row.items()
+                if k not in ('point', 'seed', 'best_step') and not k.startswith(('final_', 'best_')))
+    groups.setdefault(key, []).append(row)
+  out = []
+  for key, members in groups.items():
+    summary = dict(key, num_seeds=len(members))
+    for m in metrics:
+      values = np.array([r[m] for r in members if m in r], dtype=float)
+      if len(values):
+        summary[f'{m}_mean'] = float(values.mean())
+        summary[f'{m}_std'] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    out.append(summary)
+  return out

@@ -88,6 +88,13 @@ def _abstract(x) -> jax.ShapeDtypeStruct:
       np.shape(x), x.dtype, sharding=getattr(x, 'sharding', None))
 
 
+def _brief(error: BaseException) -> str:
+  """'Type: first line': TensorStore errors append a page-long spec after it."""
+  lines = str(error).strip().splitlines()
+  name = type(error).__name__
+  return f'{name}: {lines[0]}' if lines else name
+
+
 def _is_local(path: epath.Path) -> bool:
   return '://' not in str(path)
 
@@ -114,15 +121,19 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         preservation_policy=_KeepNewestSteps(max_to_keep),
         cleanup_tmp_directories=True,  # Leftovers of a crash mid-save.
-        enable_async_checkpointing=async_save)
+        enable_async_checkpointing=async_save,
+        # An unwritable directory then fails save() at once; created in the
+        # background, it left orbax's writer threads waiting 300 s for it, so
+        # the process hung that long after reporting the error.
+        async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
     handlers = {_STATE: ocp.StandardCheckpointHandler(),
                 _METADATA: ocp.JsonCheckpointHandler()}
     try:
       self._manager = ocp.CheckpointManager(
           self._dir, options=options, item_handlers=handlers)
     except Exception as e:
-      raise CheckpointError(f'Cannot open checkpoints in {self._dir}: {e!r}'
-                            ) from e
+      raise CheckpointError(
+          f'Cannot open checkpoints in {self._dir}: {_brief(e)}') from e
 
   @property
   def directory(self) -> epath.Path:
@@ -171,7 +182,7 @@ class Checkpointer:
       self._manager.save(step, args=args, force=True)
     except Exception as e:
       raise CheckpointError(
-          f'Saving step {step} to {self._dir} failed: {e!r}') from e
+          f'Saving step {step} to {self._dir} failed: {_brief(e)}') from e
     self._pending_step = step
     return True
 
@@ -181,8 +192,8 @@ class Checkpointer:
     try:
       self._manager.wait_until_finished()
     except Exception as e:
-      raise CheckpointError(
-          f'Async save of step {step} to {self._dir} failed: {e!r}') from e
+      raise CheckpointError(f'Async save of step {step} to {self._dir} '
+                            f'failed: {_brief(e)}') from e
 
   def restore(self, target: Any, step: int | None = None
               ) -> tuple[int, Any, dict | None]:
@@ -216,7 +227,8 @@ class Checkpointer:
       restored = self._manager.restore(step, args=args)
     except Exception as e:
       raise CorruptCheckpointError(
-          f'Cannot read step {step} in {self._step_dir(step)}: {e!r}') from e
+          f'Cannot read step {step} in {self._step_dir(step)}: '
+          f'{_brief(e)}') from e
     return step, restored[_STATE], restored[_METADATA]
 
   def restore_latest_valid(self, target: Any
@@ -281,8 +293,8 @@ class Checkpointer:
     try:
       items = self._manager.item_metadata(step)
     except Exception as e:
-      raise CorruptCheckpointError(f'Cannot read metadata of {where}: {e!r}'
-                                   ) from e
+      raise CorruptCheckpointError(
+          f'Cannot read metadata of {where}: {_brief(e)}') from e
     for name in (_STATE, _METADATA):  # save() always writes both.
       if name not in items:
         raise CorruptCheckpointError(f'No {name!r} item in {where}.')
@@ -308,6 +320,6 @@ class Checkpointer:
       pass  # Another process of this run moved it first.
     except OSError as e:
       raise CheckpointError(f'Cannot move unreadable step {step} to {dest}: '
-                            f'{e!r}') from e
+                            f'{_brief(e)}') from e
     self._manager.reload()
     return dest

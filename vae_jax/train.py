@@ -274,9 +274,10 @@ def train_and_evaluate(config, workdir) -> dict:
       return {}
     return _final_evaluation(trainer, state)
   finally:
-    trainer.ckpt.wait_until_finished()
-    trainer.ckpt.close()
-    trainer.writer.close()
+    try:
+      trainer.ckpt.close()  # Waits for the last save; raises if it failed.
+    finally:
+      trainer.writer.close()
 
 
 def _train_loop(trainer: Trainer):
@@ -320,6 +321,9 @@ def _train_loop(trainer: Trainer):
                   'Re-run the same command to resume.')
         return None
   trainer.save(state, step, force=True)
+  # Committed before the final evaluation: a failed save stops the run before
+  # it reports results, and a run killed during the evaluation keeps its state.
+  trainer.ckpt.wait_until_finished()
   return state
 
 

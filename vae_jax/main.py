@@ -40,5 +40,30 @@ def main(argv):
     sys.exit(1)
 
 
+def _no_such_field(error):
+  """(name, hint) of ml_collections' error for a missing field, else None."""
+  while error.args and isinstance(error.args[0], BaseException):
+    error = error.args[0]  # AttributeError(KeyError("'name'\nDid you mean ...")).
+  if not isinstance(error, KeyError) or not error.args:
+    return None
+  name, _, hint = str(error.args[0]).partition('\n')
+  return name.strip("'"), hint
+
+
+def _parse_flags(argv):
+  """absl's flag parsing; a misspelt config field is one line, not a traceback."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:
+    missing = _no_such_field(e)
+    overrides = [a for a in argv[1:] if a.startswith('--config.')]
+    culprit = [a for a in overrides if missing and f'.{missing[0]}' in a.split('=')[0]]
+    if not culprit:  # Not an override of a field that does not exist.
+      raise
+    print(f'error: {culprit[0]}: config has no field {missing[0]!r}. {missing[1]}'.strip(),
+          file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -57,10 +57,21 @@ def load_config(workdir) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     raise WorkdirError(f'{path} not found: is {workdir} a vae_jax workdir?')
+  saved = _read_saved_config(path)
   try:
-    return ml_collections.ConfigDict(_tuples(read_json(path)))
+    return ml_collections.ConfigDict(_tuples(saved))
   except (ValueError, TypeError) as e:
-    raise WorkdirError(f'{path} is not valid JSON: {e}') from e
+    raise WorkdirError(f'{path} is not a config: {e}') from e
+
+
+def _read_saved_config(path) -> dict:
+  try:
+    saved = read_json(path)
+  except (OSError, ValueError) as e:
+    raise WorkdirError(f'{path} cannot be read as JSON: {e}') from e
+  if not isinstance(saved, dict):
+    raise WorkdirError(f'{path} holds a {type(saved).__name__}, not a config')
+  return saved
 
 
 def _tuples(tree):
@@ -81,7 +92,7 @@ def check_resume(workdir, config):
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     return []
-  diffs = config_lib.differing_fields(read_json(path), config.to_dict())
+  diffs = config_lib.differing_fields(_read_saved_config(path), config.to_dict())
   if diffs and not config.resume.allow_config_change:
     listed = '\n  '.join(diffs)
     raise WorkdirError(
@@ -106,7 +117,13 @@ def record_versions(workdir):
   path = os.path.join(workdir, VERSIONS_FILE)
   current = installed_versions()
   if os.path.exists(path):
-    saved = read_json(path)
+    try:
+      saved = read_json(path)
+    except (OSError, ValueError) as e:
+      saved = e
+    if not isinstance(saved, dict):  # Only a record: replaced, not fatal.
+      warnings.warn(f'{path} is unreadable ({saved}); writing the current versions.')
+      saved = current
     changed = {k: (saved.get(k), v) for k, v in current.items() if saved.get(k) != v}
     if changed:
       listed = ', '.join(f'{k} {old} -> {new}' for k, (old, new) in changed.items())

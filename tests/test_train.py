@@ -119,7 +119,8 @@ def test_resume_with_changed_config_is_refused(baseline):
         tiny_config(model__latent_dim=8, resume__allow_config_change=True), workdir)
 
 
-def test_nan_stops_naming_the_step_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+def poison_loss(monkeypatch, is_bad_step):
+  """Makes the loss NaN at the steps where is_bad_step(step) (a traced bool) holds."""
   real = objectives.make_loss_fn
 
   def poisoned(*args, **kwargs):
@@ -127,10 +128,14 @@ def test_nan_stops_naming_the_step_and_keeps_last_checkpoint(tmp_path, monkeypat
 
     def loss(params, x, key, step):
       value, metrics = loss_fn(params, x, key, step)
-      return jax.numpy.where(step >= 27, jax.numpy.nan, value), metrics
+      return jax.numpy.where(is_bad_step(step), jax.numpy.nan, value), metrics
     return loss
 
   monkeypatch.setattr(objectives, 'make_loss_fn', poisoned)
+
+
+def test_nan_stops_naming_the_step_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+  poison_loss(monkeypatch, lambda step: step >= 27)
   workdir = str(tmp_path / 'nan')
   with pytest.raises(train.NonFiniteError, match='at step 27'):
     train.train_and_evaluate(tiny_config(), workdir)
@@ -140,17 +145,7 @@ def test_nan_stops_naming_the_step_and_keeps_last_checkpoint(tmp_path, monkeypat
 
 
 def test_skip_policy_stops_after_bounded_run(tmp_path, monkeypatch):
-  real = objectives.make_loss_fn
-
-  def poisoned(*args, **kwargs):
-    loss_fn = real(*args, **kwargs)
-
-    def loss(params, x, key, step):
-      value, metrics = loss_fn(params, x, key, step)
-      return jax.numpy.where((step == 3) | (step >= 12), jax.numpy.nan, value), metrics
-    return loss
-
-  monkeypatch.setattr(objectives, 'make_loss_fn', poisoned)
+  poison_loss(monkeypatch, lambda step: (step == 3) | (step >= 12))
   config = tiny_config(train__nan_policy='skip', train__max_consecutive_nonfinite=5)
   with pytest.raises(train.NonFiniteError, match='5 non-finite steps in a row, the last at step 16'):
     train.train_and_evaluate(config, str(tmp_path / 'skip'))

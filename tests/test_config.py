@@ -118,3 +118,21 @@ def test_dataset_binarization_combination_is_checked(name, binarization):
   c.data.name, c.data.binarization = name, binarization
   with pytest.raises(config_lib.ConfigError, match='config.data.binarization'):
     config_lib.validate(c, num_devices=1)
+
+
+@pytest.mark.parametrize('arg', [None, 'objective=elbo,k=1', 'objective=iwae,k=50,epochs=20',
+                                 'schedule=paper', 'runlocal'])
+def test_iwae_config_variants_validate(arg):
+  c = load_config_file('iwae', arg)
+  config_lib.validate(c, num_devices=1)
+  assert tuple(c.model.hidden) == (200, 200) and c.model.latent_dim == 50
+  assert c.train.batch_size == 20 and c.optimizer.eps == 1e-4
+
+
+def test_iwae_config_paper_schedule_and_bad_options():
+  c = load_config_file('iwae', 'objective=iwae,k=5,schedule=paper')
+  assert (c.train.num_epochs, c.optimizer.schedule, c.objective.num_samples) == (3280, 'burda', 5)
+  with pytest.raises(ValueError, match='unknown option'):
+    load_config_file('iwae', 'kk=5')
+  with pytest.raises(ValueError, match='layers=2'):
+    load_config_file('iwae', 'layers=2')

@@ -43,3 +43,26 @@ def test_clipping_bounds_the_first_step():
   params = {'w': jnp.zeros(2)}
   updates, _ = tx.update({'w': jnp.array([30.0, 40.0])}, tx.init(params), params)
   np.testing.assert_allclose(optax.global_norm(updates), 1.0, rtol=1e-6)
+
+
+def test_burda_schedule_is_the_papers_at_3280_epochs():
+  steps_per_epoch = 10
+  schedule = optim.learning_rate_schedule(
+      opt_config(learning_rate=1e-3, schedule='burda'), 3280 * steps_per_epoch)
+  # Stage i: 3^i epochs at 1e-3 * 10^(-i/7) (Burda et al. 2015, sec. 5).
+  first_epoch = 0
+  for i in range(8):
+    expected = 1e-3 * 10 ** (-i / 7)
+    last_epoch = first_epoch + 3 ** i - 1
+    for epoch in (first_epoch, last_epoch):
+      np.testing.assert_allclose(schedule(epoch * steps_per_epoch), expected, rtol=1e-5)
+    first_epoch = last_epoch + 1
+  assert first_epoch == 3280
+
+
+def test_burda_equal_gives_every_stage_an_equal_share():
+  schedule = optim.learning_rate_schedule(
+      opt_config(learning_rate=1e-3, schedule='burda_equal'), 800)
+  for i in range(8):
+    np.testing.assert_allclose([schedule(100 * i), schedule(100 * i + 99)],
+                               1e-3 * 10 ** (-i / 7), rtol=1e-5)

@@ -21,7 +21,7 @@ ACTIVATIONS = tuple(models.ACTIVATIONS)
 LIKELIHOODS = distributions.LIKELIHOODS
 OBJECTIVES = ('elbo', 'iwae')
 OPTIMIZERS = ('adam', 'adamw', 'adagrad', 'sgd')
-SCHEDULES = ('constant', 'cosine', 'warmup_cosine')
+SCHEDULES = ('constant', 'cosine', 'warmup_cosine', 'burda', 'burda_equal')
 NAN_POLICIES = ('stop', 'skip')
 
 # Fields that may change between a run and its resumption: they steer how long

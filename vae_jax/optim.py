@@ -2,9 +2,32 @@
 
 import optax
 
+BURDA_STAGE_DECAY = 10 ** (-1 / 7)
+
+
+def burda_schedule(learning_rate, num_steps, growth=3, num_stages=8):
+  """Burda et al. 2015 (sec. 5): stage i at learning_rate * 10^(-i/7), i = 0..7.
+
+  In the paper stage i lasts 3^i passes (growth=3); the stages keep those
+  proportions (growth^i / sum_j growth^j of the run), so a run of 3,280 epochs
+  is the paper's schedule exactly and a shorter one the same schedule
+  compressed. growth=1 gives every stage an equal share, which spends more of a
+  short run at the higher rates.
+  """
+  lengths = [growth ** i for i in range(num_stages)]
+  total = sum(lengths)
+  boundaries, so_far = {}, 0
+  for length in lengths[:-1]:
+    so_far += length
+    boundary = int(round(so_far / total * num_steps))
+    # Stages shorter than a step merge; their decays still compound.
+    boundaries[boundary] = boundaries.get(boundary, 1.0) * BURDA_STAGE_DECAY
+  return optax.piecewise_constant_schedule(learning_rate, boundaries)
+
 
 def learning_rate_schedule(opt_config, num_steps):
-  """constant, cosine decay to 0, or linear warm-up then cosine decay."""
+  """constant, cosine decay to 0, linear warm-up then cosine decay, or Burda's 8
+  stages (burda: 3^i epochs each as in the paper; burda_equal: equal shares)."""
   lr = opt_config.learning_rate
   if opt_config.schedule == 'constant':
     if opt_config.warmup_steps:
@@ -15,6 +38,8 @@ def learning_rate_schedule(opt_config, num_steps):
   if opt_config.schedule == 'warmup_cosine':
     return optax.warmup_cosine_decay_schedule(
         0.0, lr, opt_config.warmup_steps, max(num_steps, opt_config.warmup_steps + 1))
+  if opt_config.schedule in ('burda', 'burda_equal'):
+    return burda_schedule(lr, num_steps, growth=3 if opt_config.schedule == 'burda' else 1)
   raise ValueError(f'optimizer.schedule: unknown {opt_config.schedule!r}')
 
 

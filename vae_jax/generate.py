@@ -25,17 +25,21 @@ from vae_jax import sampling
 from vae_jax import train
 from vae_jax import workdir as workdir_lib
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'A trained vae_jax workdir.')
-_OUTPUT_DIR = flags.DEFINE_string('output_dir', None, 'Where to write PNGs (default WORKDIR/generated).')
-_TEMPERATURES = flags.DEFINE_list('temperatures', ['0.5', '0.8', '1.0'], 'Prior sampling temperatures.')
-_NUM_SAMPLES = flags.DEFINE_integer('num_samples', 64, 'Prior samples per temperature.')
-_RECONSTRUCT = flags.DEFINE_list('reconstruct', [str(i) for i in range(16)], 'Held-out image indices.')
-_INTERPOLATE = flags.DEFINE_list('interpolate', ['0', '1'], 'Two held-out image indices.')
-_TRAVERSE = flags.DEFINE_integer('traverse', 0, 'Held-out image whose latents are traversed.')
-_TRAVERSE_DIMS = flags.DEFINE_integer('traverse_dims', 10, 'How many latent dims to traverse.')
-_SEED = flags.DEFINE_integer('seed', 0, 'Seed of the prior samples.')
-_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
-flags.mark_flag_as_required('workdir')
+
+def _define_flags():
+  """Defined only when run as a script: importing this module for its functions
+  adds no flags that could clash with another entry point's."""
+  flags.DEFINE_string('workdir', None, 'A trained vae_jax workdir.')
+  flags.DEFINE_string('output_dir', None, 'Where to write PNGs (default WORKDIR/generated).')
+  flags.DEFINE_list('temperatures', ['0.5', '0.8', '1.0'], 'Prior sampling temperatures.')
+  flags.DEFINE_integer('num_samples', 64, 'Prior samples per temperature.')
+  flags.DEFINE_list('reconstruct', [str(i) for i in range(16)], 'Held-out image indices.')
+  flags.DEFINE_list('interpolate', ['0', '1'], 'Two held-out image indices.')
+  flags.DEFINE_integer('traverse', 0, 'Held-out image whose latents are traversed.')
+  flags.DEFINE_integer('traverse_dims', 10, 'How many latent dims to traverse.')
+  flags.DEFINE_integer('seed', 0, 'Seed of the prior samples.')
+  flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
+  flags.mark_flag_as_required('workdir')
 
 
 def load_trained(workdir, step=None):
@@ -82,16 +86,18 @@ def generate(workdir, out_dir, temperatures, num_samples, reconstruct, interpola
 
 def main(argv):
   del argv
-  out_dir = _OUTPUT_DIR.value or os.path.join(_WORKDIR.value, 'generated')
+  FLAGS = flags.FLAGS  # pylint: disable=invalid-name
+  out_dir = FLAGS.output_dir or os.path.join(FLAGS.workdir, 'generated')
   try:
-    generate(_WORKDIR.value, out_dir, [float(t) for t in _TEMPERATURES.value],
-             _NUM_SAMPLES.value, [int(i) for i in _RECONSTRUCT.value],
-             [int(i) for i in _INTERPOLATE.value], _TRAVERSE.value, _TRAVERSE_DIMS.value,
-             _SEED.value, _STEP.value)
+    generate(FLAGS.workdir, out_dir, [float(t) for t in FLAGS.temperatures],
+             FLAGS.num_samples, [int(i) for i in FLAGS.reconstruct],
+             [int(i) for i in FLAGS.interpolate], FLAGS.traverse, FLAGS.traverse_dims,
+             FLAGS.seed, FLAGS.step)
   except (workdir_lib.WorkdirError, checkpoint.CheckpointError, data.DatasetError) as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
     sys.exit(1)
 
 
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)

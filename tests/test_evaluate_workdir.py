@@ -1,0 +1,56 @@
+"""evaluate_workdir: a trained workdir in, a JSON of held-out numbers out."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from vae_jax import evaluate_workdir
+from vae_jax import train
+
+from test_train import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('trained'))
+  train.train_and_evaluate(tiny_config(logging__tensorboard=False), workdir)
+  return workdir
+
+
+def test_writes_json_with_every_number(trained):
+  results = evaluate_workdir.evaluate_workdir(trained, 'test', num_samples=20, progress=False)
+  path = os.path.join(trained, 'eval_test_k20.json')
+  with open(path) as f:
+    saved = json.load(f)
+  assert saved == json.loads(json.dumps(results))
+  assert saved['step'] == 40 and saved['split'] == 'test' and saved['num_images'] == 500
+  assert saved['epoch'] == pytest.approx(40 / 90)
+  assert saved['num_samples'] == 20
+  assert len(saved['kl_per_dim']) == 4 and len(saved['posterior_mean_variance']) == 4
+  assert 0 <= saved['active_units'] <= 4
+  assert saved['elbo'] == pytest.approx(saved['recon'] - saved['kl'])
+  # The K-sample bound is tighter than the single-sample ELBO (Burda et al. 2015, thm. 1).
+  assert saved['elbo'] < saved['log_px'] < 0
+  assert saved['bits_per_dim'] == pytest.approx(-saved['log_px'] / (784 * np.log(2)))
+  assert saved['wall_time_s'] > 0
+
+
+def test_other_split_and_image_limit(trained):
+  results = evaluate_workdir.evaluate_workdir(trained, 'train', num_samples=5, num_images=30,
+                                              progress=False)
+  assert results['num_images'] == 30 and results['split'] == 'train'
+  assert os.path.exists(os.path.join(trained, 'eval_train_k5_n30.json'))
+
+
+def test_cli_on_a_non_workdir_is_a_clear_error(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'vae_jax.evaluate_workdir', f'--workdir={tmp_path}',
+       '--num_samples=5'], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1
+  assert result.stderr.startswith('error: ')

@@ -1,0 +1,108 @@
+"""Evaluates a trained workdir on one split and writes the numbers as JSON beside it.
+
+  TFDS_DATA_DIR=../shared/tensorflow_datasets python -m vae_jax.evaluate_workdir \
+      --workdir=DIR --split=test --num_samples=5000
+
+writes DIR/eval_test_k5000.json: the importance-sampled log p(x) with K samples
+(Burda et al. 2015, sec. 5) and its bits/dim, the single-sample ELBO and its
+terms, active units and the KL of each latent, the checkpoint step and epoch,
+and the wall time of the evaluation. A tqdm bar follows the K-sample estimate.
+"""
+
+import dataclasses
+import os
+import sys
+import time
+
+import numpy as np
+from absl import app
+from absl import flags
+
+from vae_jax import checkpoint
+from vae_jax import data
+from vae_jax import evaluate
+from vae_jax import generate
+from vae_jax import logging as vlog
+from vae_jax import workdir as workdir_lib
+
+
+def _define_flags():
+  """Defined only when run as a script: importing this module for its functions
+  adds no flags that could clash with another entry point's."""
+  flags.DEFINE_string('workdir', None, 'A trained vae_jax workdir.')
+  flags.DEFINE_string('split', 'test', 'Split to evaluate (a TFDS split name).')
+  flags.DEFINE_integer('num_samples', 5000, 'K, importance samples per image.')
+  flags.DEFINE_integer('num_images', 0, 'Evaluate only the first N images (0: all).')
+  flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
+  flags.DEFINE_integer('batch_size', evaluate.DEFAULT_IMPORTANCE_BATCH_SIZE,
+                                     'Images per log p(x) call.')
+  flags.DEFINE_integer('chunk_size', evaluate.DEFAULT_IMPORTANCE_CHUNK_SIZE,
+                                     'Samples decoded per scan step of the log p(x) estimate.')
+  flags.mark_flag_as_required('workdir')
+
+
+def split_images(config, dataset, split):
+  """float32 [N, H, W, C] images of `split`, binarised as the run's evaluation was."""
+  if split == config.data.eval_split:
+    stored = dataset.eval
+  elif split == config.data.train_split:
+    stored = dataset.train
+  else:
+    data_config = config.data.copy_and_resolve_references()
+    data_config.eval_split = split
+    stored = data.load(data_config).eval
+  return data.fixed_eval_images(dataclasses.replace(dataset, eval=stored), config.seed)
+
+
+def output_path(workdir, split, num_samples, num_images=0):
+  suffix = f'_n{num_images}' if num_images else ''
+  return os.path.join(workdir, f'eval_{split}_k{num_samples}{suffix}.json')
+
+
+def evaluate_workdir(workdir, split='test', num_samples=5000, num_images=0, step=None,
+                     batch_size=evaluate.DEFAULT_IMPORTANCE_BATCH_SIZE,
+                     chunk_size=evaluate.DEFAULT_IMPORTANCE_CHUNK_SIZE, progress=True) -> dict:
+  """Evaluates the checkpoint at `step` (default: latest) on `split`; returns what it wrote."""
+  start = time.perf_counter()
+  exp, params, step = generate.load_trained(workdir, step)
+  config, model, key = exp.config, exp.model, exp.keys['eval']
+  images = split_images(config, exp.dataset, split)
+  if num_images:
+    images = images[:num_images]
+  batch = config.eval.batch_size
+  results = {
+      'workdir': os.path.abspath(workdir), 'split': split, 'step': step,
+      'epoch': step / exp.steps_per_epoch, 'num_images': len(images),
+  }
+  results.update(evaluate.evaluate_log_likelihood(
+      model, params, images, key, num_samples=num_samples, batch_size=batch_size,
+      chunk_size=chunk_size, progress=progress))
+  results.update(evaluate.evaluate_elbo(model, params, images, key, batch_size=batch))
+  units = evaluate.active_units(model, params, images, batch_size=batch)
+  results['active_units'] = units['active_units']
+  results['posterior_mean_variance'] = units['posterior_mean_variance']
+  results['kl_per_dim'] = np.asarray(
+      evaluate.kl_per_dimension(model, params, images, batch_size=batch)).tolist()
+  results['wall_time_s'] = time.perf_counter() - start
+  path = output_path(workdir, split, num_samples, num_images)
+  workdir_lib.write_json(path, results)
+  vlog.info(f'{split} (step {step}, {len(images)} images): log p(x) K={num_samples} '
+            f'{results["log_px"]:.2f} nats ({results["bits_per_dim"]:.4f} bits/dim), '
+            f'ELBO {results["elbo"]:.2f}, active units {results["active_units"]}; wrote {path}')
+  return results
+
+
+def main(argv):
+  del argv
+  FLAGS = flags.FLAGS  # pylint: disable=invalid-name
+  try:
+    evaluate_workdir(FLAGS.workdir, FLAGS.split, FLAGS.num_samples, FLAGS.num_images,
+                     FLAGS.step, FLAGS.batch_size, FLAGS.chunk_size)
+  except (workdir_lib.WorkdirError, checkpoint.CheckpointError, data.DatasetError) as e:
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  _define_flags()
+  app.run(main)

@@ -43,7 +43,7 @@ from vae_jax import objectives
 from vae_jax import sharding
 from vae_jax import train
 
-MATMUL_CALL_FLOPS = 5e8  # Work per timed call: enough that dispatch does not count.
+MATMUL_RUN_FLOPS = 5e8  # Matmuls per timed run: enough that waiting once does not count.
 
 
 def _flags(argv):
@@ -90,6 +90,29 @@ def _rates(run, units_per_call, repeats, seconds):
     start = time.perf_counter()
     run(calls)
     rates.append(calls * units_per_call / (time.perf_counter() - start))
+  return rates, (time.process_time() - cpu) / (time.perf_counter() - wall)
+
+
+def _alternating_rates(runners, repeats, seconds):
+  """{name: rates} of several runners timed in turns, repeat by repeat, and the cores used.
+
+  Each runner has run(n) and images_per_call. Taking turns spreads load that
+  comes and goes on a shared machine evenly over all of them, so their ratios
+  hold up where their absolute rates do not.
+  """
+  calls = {}
+  for name, runner in runners.items():
+    runner.run(1)
+    start = time.perf_counter()
+    runner.run(1)
+    calls[name] = max(1, int(seconds / len(runners) / repeats / (time.perf_counter() - start)))
+  rates = {name: [] for name in runners}
+  wall, cpu = time.perf_counter(), time.process_time()
+  for _ in range(repeats):
+    for name, runner in runners.items():
+      start = time.perf_counter()
+      runner.run(calls[name])
+      rates[name].append(calls[name] * runner.images_per_call / (time.perf_counter() - start))
   return rates, (time.process_time() - cpu) / (time.perf_counter() - wall)
 
 
@@ -173,31 +196,23 @@ def _cost_analysis_flops(jitted, *args):
 
 
 def matmul_gflops(m, k, n, repeats, seconds):
-  """Median GFLOP/s of a jitted float32 [m, k] @ [k, n].
+  """Median GFLOP/s of a jitted float32 [m, k] @ [k, n], and the cores it kept busy.
 
-  The matmul runs many times inside one call, so Python dispatch does not count
-  even for a layer's small shapes. Each product writes one element back into
-  the loop-carried left operand (an in-place update): without that dependency
-  XLA hoists the loop-invariant matmul out of the loop.
+  Calls are dispatched back to back (asynchronously) and waited for once per
+  repeat. A fori_loop of matmuls inside one call, which removes dispatch
+  altogether, measured 5-20% slower here for every shape but 2048^3.
   """
   a = jnp.asarray(np.random.default_rng(0).standard_normal((m, k)), jnp.float32)
   b = jnp.asarray(np.random.default_rng(1).standard_normal((k, n)), jnp.float32) / k
-  inner = max(1, int(MATMUL_CALL_FLOPS / (2 * m * k * n)))
-
-  @jax.jit
-  def matmuls(a, b):
-    def body(_, carry):
-      a, _ = carry
-      out = jnp.dot(a, b)
-      return a.at[0, 0].set(out[0, 0]), out
-    return jax.lax.fori_loop(0, inner, body, (a, jnp.zeros((m, n), jnp.float32)))[1]
+  matmul = jax.jit(jnp.dot)
+  per_run = max(1, int(MATMUL_RUN_FLOPS / (2 * m * k * n)))
 
   def run(calls):
-    for _ in range(calls):
-      out = matmuls(a, b)
+    for _ in range(calls * per_run):
+      out = matmul(a, b)
     out.block_until_ready()
 
-  rates, cores = _rates(run, 2 * m * k * n * inner / 1e9, repeats, seconds)
+  rates, cores = _rates(run, 2 * m * k * n * per_run / 1e9, repeats, seconds)
   return float(np.median(rates)), cores
 
 
@@ -333,8 +348,32 @@ class BareStep:
           self.carry, self.images, self.index_sets[i % len(self.index_sets)])
     loss.block_until_ready()
 
-  def rates(self, repeats, seconds):
-    return _rates(self.run, self.images_per_call, repeats, seconds)
+
+
+class LibraryStep:
+  """train.Trainer's compiled step, called as its loop calls it: `Trainer.run_call`.
+
+  That is host-side batch indices, their transfer, and the dispatch, per call;
+  the loop's per-log-interval fetch, logs and checkpoints are not included
+  (bench_loop measures those).
+  """
+
+  def __init__(self, config, workdir):
+    self.trainer = train.Trainer(config, workdir)
+    self.state = self.trainer.initial_state()
+    self.step = 0
+    self.steps_per_call = config.train.steps_per_call
+    self.images_per_call = self.steps_per_call * config.train.batch_size
+
+  def run(self, calls):
+    for _ in range(calls):
+      self.state, metrics = self.trainer.run_call(self.state, self.step, self.steps_per_call)
+      self.step += self.steps_per_call
+    jax.block_until_ready(metrics)
+
+  def close(self):
+    self.trainer.ckpt.close()
+    self.trainer.writer.close()
 
 
 # ----------------------------------------------------------------------------- the library
@@ -503,7 +542,9 @@ def run(config, *, repeats=5, seconds=12.0, ll_num_samples=5000, ll_num_images=2
   memory['maxrss_mib_after_matmul'] = _maxrss_mib()
 
   bare = BareStep(exp, params)
-  before, cores_before = bare.rates(repeats, seconds / 2)
+  workdir = tempfile.TemporaryDirectory()
+  steps = {'bare': bare, 'library_step': LibraryStep(config, workdir.name)}
+  before, cores_before = _alternating_rates(steps, repeats, seconds / 2)
   params = bare.params
   flops['xla_cost_analysis_train_step_per_image'] = bare.flops_per_image
   results['flops'] = flops
@@ -516,17 +557,14 @@ def run(config, *, repeats=5, seconds=12.0, ll_num_samples=5000, ll_num_images=2
   del exp, eval_images, params  # The loop loads its own copy of the data.
 
   results['machine']['loadavg_before_loop'] = list(os.getloadavg())
-  steps_per_sec = np.median(before) / config.train.batch_size
+  steps_per_sec = np.median(before['bare']) / config.train.batch_size
   loop = bench_loop(config, steps_per_sec, repeats, seconds)
   memory['maxrss_mib_after_loop'] = _maxrss_mib()
-  after, cores_after = bare.rates(repeats, seconds / 2)
-  results['train'] = _train_summary(loop, {
-      'images_per_sec': float(np.median(before + after)),
-      'repeats_images_per_sec': before + after,
-      'before_loop_images_per_sec': float(np.median(before)),
-      'after_loop_images_per_sec': float(np.median(after)),
-      'cores_used': (cores_before + cores_after) / 2,
-  }, flops, results['matmul'])
+  after, cores_after = _alternating_rates(steps, repeats, seconds / 2)
+  steps['library_step'].close()
+  workdir.cleanup()
+  results['train'] = _train_summary(loop, before, after, (cores_before + cores_after) / 2,
+                                    flops, results['matmul'])
 
   # The decoder runs K times per image; the encoder once.
   decoder = sum(l['forward_flops_per_image'] for l in layers if l['name'].startswith('decoder'))
@@ -540,15 +578,31 @@ def run(config, *, repeats=5, seconds=12.0, ll_num_samples=5000, ll_num_images=2
   return results
 
 
-def _train_summary(loop, bare, flops, matmul):
+def _train_summary(loop, before, after, cores, flops, matmul):
+  """Loop, library step and bare step: rates, ratios and fractions of the roofline."""
+  def rates(name):
+    return {
+        'images_per_sec': float(np.median(before[name] + after[name])),
+        'repeats_images_per_sec': before[name] + after[name],
+        'before_loop_images_per_sec': float(np.median(before[name])),
+        'after_loop_images_per_sec': float(np.median(after[name])),
+        'cores_used': cores,
+    }
+
+  bare, library = rates('bare'), rates('library_step')
   peak = matmul['peak_gflops'] * 1e9
   per_image = flops['train_step_per_image']
   summary = {
       'loop': loop,
+      'library_step': library,
       'bare': bare,
       'overhead_ratio': loop['images_per_sec'] / bare['images_per_sec'],
+      # Library step / bare step, repeat by repeat as they were timed in turns.
+      'step_ratio': float(np.median(np.divide(before['library_step'] + after['library_step'],
+                                              before['bare'] + after['bare']))),
       'roofline_images_per_sec': peak / per_image,
       'loop_fraction_of_roofline': loop['images_per_sec'] * per_image / peak,
+      'library_step_fraction_of_roofline': library['images_per_sec'] * per_image / peak,
       'bare_fraction_of_roofline': bare['images_per_sec'] * per_image / peak,
   }
   if 'layer_shapes_images_per_sec' in matmul:
@@ -585,7 +639,8 @@ def summary_lines(results):
       f"train step {results['flops']['train_step_per_image'] / 1e6:.2f} MFLOP/image -> "
       f"roofline {t['roofline_images_per_sec']:,.0f} images/s",
       f"train: loop {t['loop']['images_per_sec']:,.0f} images/s, bare "
-      f"{t['bare']['images_per_sec']:,.0f} images/s, loop/bare {t['overhead_ratio']:.3f}, "
+      f"{t['bare']['images_per_sec']:,.0f} images/s, loop/bare {t['overhead_ratio']:.3f} "
+      f"(library step/bare, timed in turns: {t['step_ratio']:.3f}), "
       f"{100 * t['loop_fraction_of_roofline']:.1f}% of roofline; cores busy: loop "
       f"{t['loop']['cores_used']:.2f}, bare {t['bare']['cores_used']:.2f}",
       f"compile: train step {cs['train_step_s']:.2f} s, ELBO eval {cs['elbo_eval_s']:.2f} s, "

@@ -36,16 +36,17 @@ def test_benchmark_writes_every_field(tmp_path):
     results = json.load(f)
 
   train = results['train']
-  for name in ('overhead_ratio', 'roofline_images_per_sec', 'loop_fraction_of_roofline',
+  for name in ('overhead_ratio', 'step_ratio', 'roofline_images_per_sec',
+               'loop_fraction_of_roofline', 'library_step_fraction_of_roofline',
                'bare_fraction_of_roofline', 'loop_fraction_of_layer_shapes_roofline'):
     assert positive_finite(train[name]), name
-  for part in ('loop', 'bare'):
+  for part in ('loop', 'library_step', 'bare'):
     assert positive_finite(train[part]['images_per_sec']), part
+    assert positive_finite(train[part]['cores_used']), part
     assert len(train[part]['repeats_images_per_sec']) >= 2, part
     assert all(positive_finite(r) for r in train[part]['repeats_images_per_sec']), part
-  for name in ('mean_images_per_sec', 'cores_used', 'first_interval_overhead_s'):
+  for name in ('mean_images_per_sec', 'first_interval_overhead_s'):
     assert positive_finite(train['loop'][name]), name
-  assert positive_finite(train['bare']['cores_used'])
   assert train['loop']['num_steps'] % train['loop']['log_every_steps'] == 0
 
   for name in ('train_step_s', 'train_step_trace_lower_s', 'train_step_xla_compile_s',

@@ -162,3 +162,12 @@ def test_tfds_dataset_through_mock_data(tmp_path):
   assert np.isfinite(metrics['elbo'])
   with open(os.path.join(tmp_path, 'mock', 'final_metrics.json')) as f:
     assert json.load(f)['step'] == 10
+
+
+def test_read_metrics_keeps_last_record_per_step_and_skips_a_cut_line(tmp_path):
+  lines = [{'step': 10, 'split': 'train', 'loss': 3.0}, {'step': 20, 'split': 'train', 'loss': 2.0},
+           {'step': 20, 'split': 'eval', 'elbo': -1.0}, {'step': 20, 'split': 'train', 'loss': 1.5}]
+  text = ''.join(json.dumps(r) + '\n' for r in lines) + '{"step": 30, "spl'
+  (tmp_path / vlog.METRICS_FILE).write_text(text)
+  assert [(r['step'], r['loss']) for r in vlog.read_metrics(str(tmp_path), 'train')] == [(10, 3.0), (20, 1.5)]
+  assert len(vlog.read_metrics(str(tmp_path))) == 3

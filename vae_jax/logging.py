@@ -58,13 +58,26 @@ def _to_python(value):
 
 
 def read_metrics(workdir, split=None):
-  """The records of a workdir's metrics file (optionally of one split)."""
+  """The records of a workdir's metrics file (optionally of one split), by step.
+
+  One record per (split, step), the last written: a run resumed after a crash
+  logs the steps it redoes again.
+  """
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     return []
+  records = {}
   with open(path, encoding='utf-8') as f:
-    records = [json.loads(line) for line in f if line.strip()]
-  return [r for r in records if split is None or r['split'] == split]
+    for line in f:
+      try:
+        record = json.loads(line)
+      except ValueError:  # A line cut short by a crash or a full disk.
+        continue
+      if split is None or record['split'] == split:
+        # Steps redone after a resume: the later record wins.
+        records.pop((record['split'], record['step']), None)
+        records[(record['split'], record['step'])] = record
+  return sorted(records.values(), key=lambda r: r['step'])
 
 
 def image_grid(images, columns=None, pad=2):

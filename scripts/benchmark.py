@@ -6,14 +6,17 @@
 
 Any config plus overrides, as for vae_jax.main. One process measures, in order:
 the float32 matmul throughput of this machine (square matmuls and the model's
-own layer shapes at the batch size); the FLOPs of one training step (from the
-layer shapes, with XLA's cost analysis as a cross-check); the compile time of
-the train step and of both evaluations; the throughput of a bare, hand-written
-jitted step of the same model; the importance-sampled log p(x) throughput; and
-last the throughput of the real loop, `train.train_and_evaluate` in a temporary
-workdir with evaluation pushed past the end, read from its metrics.jsonl. Every
-throughput is the median of --repeats timed repeats after a warm-up, each phase
-bounded by --seconds. The default run takes 1-3 minutes on a 2-core CPU.
+own layer shapes at the batch size; the best is the peak); the FLOPs of one
+training step (from the layer shapes, XLA's cost analysis as a cross-check);
+the compile time of the train step and of both evaluations; training
+throughput three ways: a bare, hand-written jitted step of the same model, the
+library's step called as its loop calls it (Trainer.run_call), and the real
+loop, `train.train_and_evaluate` in a temporary workdir with evaluation pushed
+past the end, read from its metrics.jsonl; last, the importance-sampled log
+p(x) throughput. The two steps are timed in turns, before and after each of
+LOOP_TURNS runs of the loop, so that the ratios survive a shared, noisy
+machine. Every throughput is a median of timed repeats after a warm-up, each
+phase bounded by --seconds. The default run takes 1-3 minutes on 2 CPU cores.
 """
 
 import functools
@@ -43,6 +46,7 @@ from vae_jax import objectives
 from vae_jax import sharding
 from vae_jax import train
 
+LOOP_TURNS = 3  # Runs of the real loop, each between two timings of the bare step.
 MATMUL_RUN_FLOPS = 5e8  # Matmuls per timed run: enough that waiting once does not count.
 
 
@@ -94,18 +98,22 @@ def _rates(run, units_per_call, repeats, seconds):
 
 
 def _alternating_rates(runners, repeats, seconds):
-  """{name: rates} of several runners timed in turns, repeat by repeat, and the cores used.
+  """({name: rates}, cores used) of several runners timed in turns, repeat by repeat.
 
   Each runner has run(n) and images_per_call. Taking turns spreads load that
   comes and goes on a shared machine evenly over all of them, so their ratios
-  hold up where their absolute rates do not.
+  hold up where their absolute rates do not. Fewer repeats are made when even
+  one call each would overrun the budget.
   """
-  calls = {}
+  calls, seconds_per_repeat = {}, 0.0
   for name, runner in runners.items():
     runner.run(1)
     start = time.perf_counter()
     runner.run(1)
-    calls[name] = max(1, int(seconds / len(runners) / repeats / (time.perf_counter() - start)))
+    one = time.perf_counter() - start
+    calls[name] = max(1, int(seconds / len(runners) / repeats / one))
+    seconds_per_repeat += calls[name] * one
+  repeats = max(1, min(repeats, int(seconds / seconds_per_repeat)))
   rates = {name: [] for name in runners}
   wall, cpu = time.perf_counter(), time.process_time()
   for _ in range(repeats):
@@ -277,12 +285,13 @@ def _to_float(batch, binarization, key):
   return x
 
 
-def make_bare_step(model, learning_rate, binarization):
+def make_bare_step(model, learning_rate, binarization, unroll=1):
   """A hand-written Bernoulli-ELBO Adam step, scanned; nothing the library adds.
 
   No metrics, no finiteness check, no KL schedule, no per-step fold_in: the
   floor that the library's step is compared with. Non-Bernoulli likelihoods use
-  the library's log_px_given_z.
+  the library's log_px_given_z. `unroll` is the scan's, as the library chooses
+  it (train.scan_unroll: conv models on CPU unroll, MLPs do not).
   """
   tx = optax.adam(learning_rate)
 
@@ -308,7 +317,7 @@ def make_bare_step(model, learning_rate, binarization):
 
   @functools.partial(jax.jit, donate_argnums=(0,))
   def steps(carry, images, indices):
-    return jax.lax.scan(lambda c, idx: one_step(c, images[idx]), carry, indices)
+    return jax.lax.scan(lambda c, idx: one_step(c, images[idx]), carry, indices, unroll=unroll)
 
   return tx, one_step, steps
 
@@ -324,7 +333,8 @@ class BareStep:
     c = exp.config.train
     self.images_per_call = c.steps_per_call * c.batch_size
     tx, one_step, steps = make_bare_step(
-        exp.model, exp.config.optimizer.learning_rate, exp.dataset.binarization)
+        exp.model, exp.config.optimizer.learning_rate, exp.dataset.binarization,
+        unroll=train.scan_unroll(exp.config))
     self.images = jax.device_put(exp.dataset.train)
     rng = np.random.default_rng(0)
     self.index_sets = [jax.device_put(rng.integers(0, exp.dataset.num_train,
@@ -542,29 +552,26 @@ def run(config, *, repeats=5, seconds=12.0, ll_num_samples=5000, ll_num_images=2
   memory['maxrss_mib_after_matmul'] = _maxrss_mib()
 
   bare = BareStep(exp, params)
-  workdir = tempfile.TemporaryDirectory()
-  steps = {'bare': bare, 'library_step': LibraryStep(config, workdir.name)}
-  before, cores_before = _alternating_rates(steps, repeats, seconds / 2)
   params = bare.params
   flops['xla_cost_analysis_train_step_per_image'] = bare.flops_per_image
   results['flops'] = flops
   results['compile_s'] = dict(bench_compile(exp, params, eval_images, ll_num_samples),
                               bare_step_s=bare.compile_s)
-  results['log_likelihood'] = bench_log_likelihood(
-      exp, params, eval_images, ll_num_samples, ll_num_images, repeats, seconds)
-  results['elbo_eval'] = bench_elbo_eval(exp, params, eval_images)
-  memory['maxrss_mib_after_eval'] = _maxrss_mib()
-  del exp, eval_images, params  # The loop loads its own copy of the data.
 
-  results['machine']['loadavg_before_loop'] = list(os.getloadavg())
-  steps_per_sec = np.median(before['bare']) / config.train.batch_size
-  loop = bench_loop(config, steps_per_sec, repeats, seconds)
-  memory['maxrss_mib_after_loop'] = _maxrss_mib()
-  after, cores_after = _alternating_rates(steps, repeats, seconds / 2)
-  steps['library_step'].close()
-  workdir.cleanup()
-  results['train'] = _train_summary(loop, before, after, (cores_before + cores_after) / 2,
-                                    flops, results['matmul'])
+  results['machine']['loadavg_before_training'] = list(os.getloadavg())
+  with tempfile.TemporaryDirectory() as workdir:
+    library = LibraryStep(config, workdir)
+    training = bench_training(config, {'bare': bare, 'library_step': library}, repeats, seconds)
+    library.close()
+  memory['maxrss_mib_after_training'] = _maxrss_mib()
+  results['train'] = _train_summary(training, flops, results['matmul'])
+
+  # With the parameters the bare step has trained meanwhile, so that log p(x) is
+  # a number one can sanity-check (the speed does not depend on it).
+  results['log_likelihood'] = bench_log_likelihood(
+      exp, bare.params, eval_images, ll_num_samples, ll_num_images, repeats, seconds)
+  results['elbo_eval'] = bench_elbo_eval(exp, bare.params, eval_images)
+  memory['maxrss_mib_after_eval'] = _maxrss_mib()
 
   # The decoder runs K times per image; the encoder once.
   decoder = sum(l['forward_flops_per_image'] for l in layers if l['name'].startswith('decoder'))
@@ -578,28 +585,77 @@ def run(config, *, repeats=5, seconds=12.0, ll_num_samples=5000, ll_num_images=2
   return results
 
 
-def _train_summary(loop, before, after, cores, flops, matmul):
-  """Loop, library step and bare step: rates, ratios and fractions of the roofline."""
-  def rates(name):
-    return {
-        'images_per_sec': float(np.median(before[name] + after[name])),
-        'repeats_images_per_sec': before[name] + after[name],
-        'before_loop_images_per_sec': float(np.median(before[name])),
-        'after_loop_images_per_sec': float(np.median(after[name])),
-        'cores_used': cores,
-    }
+def bench_training(config, steps, repeats, seconds):
+  """The real loop, run LOOP_TURNS times, each run between two timings of the steps.
 
-  bare, library = rates('bare'), rates('library_step')
+  The bare and library steps are timed in turns before the first run and after
+  every run, so each run of the loop has a timing of the bare step on either
+  side: load that changes over tens of seconds (other processes, or other
+  machines on the same host) then cancels out of the loop / bare ratio.
+  """
+  batch = config.train.batch_size
+  brackets = [_alternating_rates(steps, repeats, seconds / 4)]
+  loops = []
+  for _ in range(LOOP_TURNS):
+    steps_per_sec = np.median(brackets[-1][0]['bare']) / batch
+    loops.append(bench_loop(config, steps_per_sec, repeats, 2 * seconds / LOOP_TURNS))
+    brackets.append(_alternating_rates(steps, repeats, seconds / 4))
+  return {'loops': loops, 'brackets': brackets}
+
+
+def _around(brackets, turn, name):
+  """The median rate of a step in the two timings on either side of loop run `turn`."""
+  return float(np.median(brackets[turn][0][name] + brackets[turn + 1][0][name]))
+
+
+def _step_rates(brackets, name):
+  rates = [rate for bracket, _ in brackets for rate in bracket[name]]
+  return {
+      'images_per_sec': float(np.median(rates)),
+      'repeats_images_per_sec': rates,
+      'cores_used': float(np.mean([cores for _, cores in brackets])),
+  }
+
+
+def _loop_rates(loops):
+  """The runs of the loop pooled: the median and the mean over all their steady intervals."""
+  steady = [rate for loop in loops for rate in loop['repeats_images_per_sec']]
+  first = loops[0]
+  return {
+      'images_per_sec': float(np.median(steady)),
+      'mean_images_per_sec': len(steady) / sum(1.0 / rate for rate in steady),
+      'repeats_images_per_sec': steady,
+      'cores_used': float(np.mean([loop['cores_used'] for loop in loops])),
+      'num_steps': first['num_steps'],
+      'log_every_steps': first['log_every_steps'],
+      'checkpoint_every_steps': first['checkpoint_every_steps'],
+      'checkpoints_timed': sum(loop['checkpoints_timed'] for loop in loops),
+      'first_interval_overhead_s': float(np.median(
+          [loop['first_interval_overhead_s'] for loop in loops])),
+      'runs': loops,
+  }
+
+
+def _train_summary(training, flops, matmul):
+  """Loop, library step and bare step: rates, ratios and fractions of the roofline."""
+  loops, brackets = training['loops'], training['brackets']
+  loop = _loop_rates(loops)
+  library, bare = _step_rates(brackets, 'library_step'), _step_rates(brackets, 'bare')
+  turns = range(len(loops))
   peak = matmul['peak_gflops'] * 1e9
   per_image = flops['train_step_per_image']
   summary = {
       'loop': loop,
       'library_step': library,
       'bare': bare,
-      'overhead_ratio': loop['images_per_sec'] / bare['images_per_sec'],
-      # Library step / bare step, repeat by repeat as they were timed in turns.
-      'step_ratio': float(np.median(np.divide(before['library_step'] + after['library_step'],
-                                              before['bare'] + after['bare']))),
+      # Each run of the loop against the steps timed just before and after it.
+      'overhead_ratio': float(np.median(
+          [loops[t]['images_per_sec'] / _around(brackets, t, 'bare') for t in turns])),
+      'loop_vs_library_step_ratio': float(np.median(
+          [loops[t]['images_per_sec'] / _around(brackets, t, 'library_step') for t in turns])),
+      # Library step / bare step, repeat by repeat, as they were timed in turns.
+      'step_ratio': float(np.median(np.divide(library['repeats_images_per_sec'],
+                                              bare['repeats_images_per_sec']))),
       'roofline_images_per_sec': peak / per_image,
       'loop_fraction_of_roofline': loop['images_per_sec'] * per_image / peak,
       'library_step_fraction_of_roofline': library['images_per_sec'] * per_image / peak,
@@ -639,8 +695,8 @@ def summary_lines(results):
       f"train step {results['flops']['train_step_per_image'] / 1e6:.2f} MFLOP/image -> "
       f"roofline {t['roofline_images_per_sec']:,.0f} images/s",
       f"train: loop {t['loop']['images_per_sec']:,.0f} images/s, bare "
-      f"{t['bare']['images_per_sec']:,.0f} images/s, loop/bare {t['overhead_ratio']:.3f} "
-      f"(library step/bare, timed in turns: {t['step_ratio']:.3f}), "
+      f"{t['bare']['images_per_sec']:,.0f} images/s; timed in turns: loop/bare "
+      f"{t['overhead_ratio']:.3f}, library step/bare {t['step_ratio']:.3f}; "
       f"{100 * t['loop_fraction_of_roofline']:.1f}% of roofline; cores busy: loop "
       f"{t['loop']['cores_used']:.2f}, bare {t['bare']['cores_used']:.2f}",
       f"compile: train step {cs['train_step_s']:.2f} s, ELBO eval {cs['elbo_eval_s']:.2f} s, "

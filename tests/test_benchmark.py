@@ -36,7 +36,8 @@ def test_benchmark_writes_every_field(tmp_path):
     results = json.load(f)
 
   train = results['train']
-  for name in ('overhead_ratio', 'step_ratio', 'roofline_images_per_sec',
+  for name in ('overhead_ratio', 'loop_vs_library_step_ratio', 'step_ratio',
+               'roofline_images_per_sec',
                'loop_fraction_of_roofline', 'library_step_fraction_of_roofline',
                'bare_fraction_of_roofline', 'loop_fraction_of_layer_shapes_roofline'):
     assert positive_finite(train[name]), name
@@ -48,6 +49,7 @@ def test_benchmark_writes_every_field(tmp_path):
   for name in ('mean_images_per_sec', 'first_interval_overhead_s'):
     assert positive_finite(train['loop'][name]), name
   assert train['loop']['num_steps'] % train['loop']['log_every_steps'] == 0
+  assert len(train['loop']['runs']) == benchmark.LOOP_TURNS
 
   for name in ('train_step_s', 'train_step_trace_lower_s', 'train_step_xla_compile_s',
                'elbo_eval_s', 'log_likelihood_s', 'bare_step_s'):

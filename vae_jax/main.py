@@ -4,6 +4,7 @@ Any config field can be overridden, e.g. --config.model.latent_dim=50; a field
 that does not exist is an error. Re-running on the same workdir resumes.
 """
 
+import os
 import sys
 
 from absl import app
@@ -37,6 +38,13 @@ def main(argv):
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except USER_ERRORS as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
+    if isinstance(e, checkpoint.CheckpointError):
+      # A failed save leaves orbax's writer threads and asyncio tasks holding
+      # errors nobody retrieves; interpreter teardown would print a page of
+      # them after the line above. Everything of ours is closed and flushed.
+      logging.flush()
+      sys.stdout.flush()
+      os._exit(1)
     sys.exit(1)
 
 

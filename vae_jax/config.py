@@ -54,7 +54,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.architecture = 'mlp'
   c.model.hidden = (400,)
   c.model.conv_features = (32, 64)
-  c.model.latent_dim = 20
+  c.model.latent_dim = 20  # Of z_1, the bottom (or only) stochastic layer.
+  # Stochastic layers above z_1, bottom-up (Burda et al. 2015's two layers: (50,)),
+  # and the deterministic widths between z_l and z_{l+1}, one tuple per layer.
+  c.model.upper_latent_dims = ()
+  c.model.upper_hidden = ()
   c.model.activation = 'relu'
   c.model.likelihood = 'bernoulli'
 
@@ -157,6 +161,14 @@ def validate(config, num_devices=None):
     widths = tuple(_get(config, field))
     _check(all(isinstance(w, int) and w > 0 for w in widths), field,
            f'every width must be a positive int, got {widths!r}')
+  upper_dims, upper_hidden = tuple(config.model.upper_latent_dims), tuple(config.model.upper_hidden)
+  _check(all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in upper_dims),
+         'model.upper_latent_dims', f'every size must be a positive int, got {upper_dims!r}')
+  _check(len(upper_hidden) == len(upper_dims) and all(
+      isinstance(h, (tuple, list)) and all(isinstance(w, int) and w > 0 for w in h)
+      for h in upper_hidden), 'model.upper_hidden',
+         f'needs one tuple of positive widths per entry of model.upper_latent_dims '
+         f'{upper_dims!r}, got {upper_hidden!r}')
   _check(config.model.architecture != 'conv' or len(config.model.conv_features) > 0,
          'model.conv_features', 'a conv model needs at least one layer')
   binary = config.data.binarization in ('static', 'dynamic') or config.data.name == 'binarized_mnist'

@@ -134,5 +134,5 @@ def test_iwae_config_paper_schedule_and_bad_options():
   assert (c.train.num_epochs, c.optimizer.schedule, c.objective.num_samples) == (3280, 'burda', 5)
   with pytest.raises(ValueError, match='unknown option'):
     load_config_file('iwae', 'kk=5')
-  with pytest.raises(ValueError, match='layers=2'):
-    load_config_file('iwae', 'layers=2')
+  with pytest.raises(ValueError, match='layers must be 1 or 2'):
+    load_config_file('iwae', 'layers=3')

@@ -3,10 +3,12 @@
 The reference is the linear-Gaussian model of test_objectives.py (restated here so
 each file stands alone): p(z) = N(0, I), p(x | z) = N(W z + b, s^2 I), with exact
 log p(x) and posterior. With the exact posterior as q every importance weight is
-p(x), so the estimate is exact for any K.
+p(x), so the estimate is exact for any K. The two-layer reference is
+test_objectives.py's linear-Gaussian chain.
 """
 
 import math
+import os
 
 import flax.linen as nn
 import jax
@@ -17,7 +19,13 @@ import scipy.stats
 
 from vae_jax import distributions
 from vae_jax import evaluate
+from vae_jax import evaluate_workdir
+from vae_jax import generate
 from vae_jax import objectives
+from vae_jax import train
+
+from test_objectives import HierarchicalLinearGaussian, TOP_DIM, hierarchical_problem
+from test_train import tiny_config
 
 OBS_DIM, LATENT_DIM, OBS_VAR = 6, 3, 0.25
 
@@ -179,3 +187,116 @@ def test_evaluate_elbo_averages_the_elbo_over_a_split(batch_size):
   if batch_size == len(x):  # One batch: the same draw as objectives.elbo at fold_in(key, 0).
     _, metrics = objectives.elbo(model, params, jnp.asarray(x), jax.random.fold_in(key, 0))
     assert result['elbo'] == pytest.approx(float(metrics['elbo']), rel=1e-5)
+
+
+# Two stochastic layers: the linear-Gaussian chain of test_objectives.py, whose
+# exact posterior factorises as q(z_1 | x) q(z_2 | z_1) with diagonal Gaussians.
+@pytest.mark.parametrize('num_samples,chunk_size', [(1, 1), (10, 3), (200, 64)])
+def test_two_layers_exact_posterior_gives_the_exact_log_likelihood(num_samples, chunk_size):
+  model = HierarchicalLinearGaussian()
+  params, x, log_px = hierarchical_problem(5)
+  estimate = log_likelihood(model, params, x, jax.random.key(0), num_samples=num_samples,
+                            chunk_size=chunk_size)
+  np.testing.assert_allclose(estimate, log_px, rtol=1e-5)
+
+
+def test_two_layers_estimate_converges_from_below_as_k_grows():
+  model = HierarchicalLinearGaussian(std_scale=1.2, mean_shift=0.2)
+  params, x, log_px = hierarchical_problem(5)
+  keys = jax.random.split(jax.random.key(1), 1000)
+  small_k = jax.vmap(lambda k: log_likelihood(
+      model, params, x, k, num_samples=3, chunk_size=3))(keys)
+  gap_small_k = log_px - np.mean(small_k, axis=0)
+  se = np.std(small_k, axis=0) / math.sqrt(len(keys))
+  assert np.all(gap_small_k > 3 * se)
+  large_k = log_likelihood(model, params, x, jax.random.key(2), num_samples=5000,
+                           chunk_size=1000)
+  assert np.all(np.abs(large_k - log_px) < 0.05)
+  assert np.all(np.abs(large_k - log_px) < gap_small_k)
+
+
+@pytest.mark.parametrize('chunk_size', [1, 10, 36])
+def test_two_layers_chunking_changes_only_float_rounding(chunk_size):
+  model = HierarchicalLinearGaussian(std_scale=2.0, mean_shift=-0.5)
+  params, x, _ = hierarchical_problem(4)
+  key = jax.random.key(3)
+  reference = log_likelihood(model, params, x, key, num_samples=37, chunk_size=37)
+  chunked = log_likelihood(model, params, x, key, num_samples=37, chunk_size=chunk_size)
+  np.testing.assert_allclose(chunked, reference, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize('batch_size', [1, 3])
+def test_two_layers_evaluate_log_likelihood_over_a_split(batch_size):
+  model = HierarchicalLinearGaussian(std_scale=1.5)
+  params, x, _ = hierarchical_problem(7)
+  key = jax.random.key(4)
+  result = evaluate.evaluate_log_likelihood(
+      model, params, x, key, num_samples=20, batch_size=batch_size, chunk_size=6, progress=False)
+  per_image = log_likelihood(model, params, x, key, num_samples=20, chunk_size=20)
+  assert result['log_px'] == pytest.approx(float(np.mean(per_image)), abs=1e-5)
+
+
+def _exact_posterior_means(params, x):
+  """E_q[z_1 | x] and E_q[z_2 | x] of HierarchicalLinearGaussian, in float64."""
+  model = HierarchicalLinearGaussian()
+  mean1, _ = model.apply({'params': params}, jnp.asarray(x), method='encode')
+  mean2, _ = model.apply({'params': params}, mean1, 0, method='encode_upper')  # Linear in z_1.
+  return np.asarray(mean1, np.float64), np.asarray(mean2, np.float64)
+
+
+def test_two_layers_active_units_per_layer():
+  model = HierarchicalLinearGaussian()
+  params, x, _ = hierarchical_problem(300)
+  result = evaluate.active_units(model, params, x, batch_size=128, key=jax.random.key(5),
+                                 num_samples=400)
+  mean1, mean2 = _exact_posterior_means(params, x)
+  variance = np.asarray(result['posterior_mean_variance'])
+  np.testing.assert_allclose(variance[:LATENT_DIM], np.var(mean1, axis=0), rtol=1e-4)
+  # Above z_1, E_q[z_2 | x] averages 400 draws of z_1: a Monte Carlo error of ~2%.
+  np.testing.assert_allclose(variance[LATENT_DIM:], np.var(mean2, axis=0), rtol=0.05, atol=1e-6)
+  assert variance[-1] == 0.0  # z_2's second latent has no child: inactive.
+  assert result['active_units_per_layer'] == [LATENT_DIM, TOP_DIM - 1]
+  assert result['active_units'] == LATENT_DIM + TOP_DIM - 1
+  with pytest.raises(ValueError, match='needs a key'):
+    evaluate.active_units(model, params, x, batch_size=128)
+
+
+def test_two_layers_kl_per_dimension_sums_to_the_kl():
+  # With the exact posterior, KL(q(z | x) || p(z)) = E_q[log p(x | z_1)] - log p(x),
+  # and E_q[log p(x | z_1)] is Gaussian algebra: z_1 ~ N(m_1, v_1) through x ~ N(W z_1 + b, s^2).
+  model = HierarchicalLinearGaussian()
+  params, x, log_px = hierarchical_problem(50)
+  kl = evaluate.kl_per_dimension(model, params, x, batch_size=16, key=jax.random.key(6),
+                                 num_samples=2000)
+  assert kl.shape == (LATENT_DIM + TOP_DIM,) and kl[-1] == 0.0
+  mean1, log_var1 = model.apply({'params': params}, jnp.asarray(x), method='encode')
+  w, b = np.asarray(params['w'], np.float64), np.asarray(params['b'], np.float64)
+  residual = x.reshape(-1, OBS_DIM) - np.asarray(mean1, np.float64) @ w.T - b
+  spread = np.exp(np.asarray(log_var1, np.float64)) @ (w**2).T
+  expected_recon = -0.5 * np.sum(np.log(2 * np.pi * OBS_VAR) + (residual**2 + spread) / OBS_VAR,
+                                 axis=-1)
+  assert np.sum(kl) == pytest.approx(np.mean(expected_recon - log_px), rel=1e-2)
+
+
+def test_one_layer_active_units_has_one_layer():
+  result = evaluate.active_units(PartlyActiveVAE((0, 2)), {},
+                                 np.random.default_rng(0).random((11, 2, 2, 1)), batch_size=4)
+  assert result['active_units_per_layer'] == [2]
+
+
+def test_two_layer_workdir_trains_evaluates_and_generates(tmp_path):
+  workdir = str(tmp_path / 'run')
+  config = tiny_config(model__upper_latent_dims=(3,), model__upper_hidden=((16,),),
+                       objective__name='iwae', objective__num_samples=3,
+                       logging__tensorboard=False)
+  train.train_and_evaluate(config, workdir)
+  results = evaluate_workdir.evaluate_workdir(workdir, 'test', num_samples=20, num_images=60,
+                                              progress=False)
+  assert len(results['active_units_per_layer']) == 2
+  assert len(results['posterior_mean_variance']) == len(results['kl_per_dim']) == 4 + 3
+  assert results['elbo'] < results['log_px'] < 0
+  assert results['kl'] == pytest.approx(results['recon'] - results['elbo'])
+  out_dir = str(tmp_path / 'generated')
+  generate.generate(workdir, out_dir, [0.5, 1.0], 4, [0, 1], [0, 1], 0, traverse_dims=3)
+  assert sorted(os.listdir(out_dir)) == ['interpolation.png', 'reconstructions.png',
+                                         'samples_t0.5.png', 'samples_t1.png', 'traversal.png']

@@ -1,4 +1,8 @@
-"""Encoder/decoder shapes for every architecture, likelihood and image shape."""
+"""Encoder/decoder shapes for every architecture, likelihood and image shape; the
+two-stochastic-layer wiring of Burda et al. 2015."""
+
+import importlib.util
+import os
 
 import jax
 import jax.numpy as jnp
@@ -45,3 +49,73 @@ def test_depth_to_space_moves_channel_blocks_to_pixels():
   # Input pixel (0, 0)'s 4 channel blocks land at (0,0), (0,1), (1,0), (1,1).
   assert jnp.array_equal(y[0, 0, 0], x[0, 0, 0, 0:3]) and jnp.array_equal(y[0, 0, 1], x[0, 0, 0, 3:6])
   assert jnp.array_equal(y[0, 1, 0], x[0, 0, 0, 6:9]) and jnp.array_equal(y[0, 1, 1], x[0, 0, 0, 9:12])
+
+
+def burda_two_layer_config():
+  """Burda et al. 2015's two stochastic layers: 200-200 -> z_1 (100) -> 100-100 -> z_2 (50)."""
+  c = config_lib.default_config().model
+  c.hidden, c.latent_dim, c.activation = (200, 200), 100, 'tanh'
+  c.upper_latent_dims, c.upper_hidden = (50,), ((100, 100),)
+  return c
+
+
+def test_two_stochastic_layers_wiring():
+  model = models.make_model(burda_two_layer_config(), (28, 28, 1))
+  assert model.latent_dims == (100, 50) and hash(model) == hash(model)
+  x = jnp.zeros((3, 28, 28, 1))
+  params = model.init({'params': jax.random.key(0)}, x, jax.random.key(1))['params']
+  shapes = jax.tree.map(lambda a: a.shape, params)
+  assert set(params) == {'encoder', 'decoder', 'upper_encoders_0', 'upper_priors_0'}
+  # q(z_2 | z_1): 100 -> 100 -> 100 -> (mean, log_var) of 50; p(z_1 | z_2) mirrors it.
+  assert [shapes['upper_encoders_0'][f'Dense_{i}']['kernel'] for i in range(3)] == [
+      (100, 100), (100, 100), (100, 100)]
+  assert [shapes['upper_priors_0'][f'Dense_{i}']['kernel'] for i in range(3)] == [
+      (50, 100), (100, 100), (100, 200)]
+  assert shapes['encoder']['Dense_2']['kernel'] == (200, 200)
+  assert shapes['decoder']['Dense_0']['kernel'] == (100, 200)
+  mean, log_var = model.apply({'params': params}, x, method='encode')
+  assert mean.shape == log_var.shape == (3, 100)
+  upper_mean, _ = model.apply({'params': params}, mean, 0, method='encode_upper')
+  assert upper_mean.shape == (3, 50)
+  prior_mean, _ = model.apply({'params': params}, upper_mean, 0, method='prior_upper')
+  assert prior_mean.shape == (3, 100)
+  assert model.apply({'params': params}, mean, method='decode').shape == (3, 28, 28, 1)
+  out_a, _, _ = model.apply({'params': params}, x, jax.random.key(2))
+  out_b, _, _ = model.apply({'params': params}, x, jax.random.key(2))
+  out_c, _, _ = model.apply({'params': params}, x, jax.random.key(3))
+  assert jnp.array_equal(out_a, out_b) and not jnp.array_equal(out_a, out_c)
+
+
+def test_a_config_saved_before_upper_layers_builds_the_same_one_layer_model():
+  c = config_lib.default_config().model
+  old = config_lib.default_config().model
+  del old['upper_latent_dims'], old['upper_hidden']  # As in an older workdir's config.json.
+  x = jnp.zeros((2, 28, 28, 1))
+  trees = []
+  for model_config in (c, old):
+    model = models.make_model(model_config, (28, 28, 1))
+    assert model.latent_dims == (20,)
+    trees.append(model.init({'params': jax.random.key(0)}, x, jax.random.key(1))['params'])
+  assert set(trees[0]) == {'encoder', 'decoder'}
+  assert jax.tree.all(jax.tree.map(jnp.array_equal, trees[0], trees[1]))
+
+
+@pytest.mark.parametrize('dims,hidden', [((50,), ()), ((0,), ((8,),)), ((5,), ((8, 0),)),
+                                         ((5, 4), ((8,),)), ((True,), ((8,),))])
+def test_upper_layers_are_validated(dims, hidden):
+  c = config_lib.default_config()
+  c.model.upper_latent_dims, c.model.upper_hidden = dims, hidden
+  with pytest.raises(config_lib.ConfigError, match=r'config\.model\.upper_'):
+    config_lib.validate(c, num_devices=1)
+
+
+def test_iwae_config_two_layers():
+  spec = importlib.util.spec_from_file_location(
+      'iwae_config', os.path.join(os.path.dirname(os.path.dirname(__file__)), 'configs', 'iwae.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config('objective=iwae,k=5,layers=2')
+  config_lib.validate(c, num_devices=1)
+  assert (c.model.latent_dim, tuple(c.model.upper_latent_dims)) == (100, (50,))
+  assert tuple(c.model.hidden) == (200, 200)
+  assert tuple(map(tuple, c.model.upper_hidden)) == ((100, 100),)

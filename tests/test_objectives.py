@@ -15,9 +15,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.special
 import scipy.stats
 
+from vae_jax import config as config_lib
 from vae_jax import distributions
+from vae_jax import models
 from vae_jax import objectives
 
 OBS_DIM, LATENT_DIM, OBS_VAR = 6, 3, 0.25
@@ -283,3 +286,198 @@ def test_make_loss_fn_rejects_settings_it_would_ignore(objective, overrides, mat
   kwargs = dict(beta=1.0, warmup_steps=0, free_bits=0.0, num_samples=1)
   with pytest.raises(ValueError, match=match):
     objectives.make_loss_fn(LinearGaussianVAE(), objective, **{**kwargs, **overrides})
+
+
+# Two stochastic layers. The reference is a linear-Gaussian chain p(z_2) = N(0, I),
+# p(z_1 | z_2) = N(A z_2 + a, s_1^2 I), p(x | z_1) = N(W z_1 + b, s^2 I), so p(x) =
+# N(W a + b, W (A A^T + s_1^2 I) W^T + s^2 I). A's rows and columns are orthogonal
+# and so are W's columns: p(z_1 | x) and p(z_2 | z_1) are diagonal Gaussians, and
+# with them as q(z_1 | x) q(z_2 | z_1) every importance weight is p(x).
+TOP_DIM, TOP_VAR = 2, 0.3
+# z_2's second latent has no child: an inactive unit, its posterior the prior.
+A_MATRIX = np.array([[0.0, 0.0], [1.5, 0.0], [0.0, 0.0]])
+A_BIAS = np.array([0.5, -1.0, 0.2])
+
+
+class HierarchicalLinearGaussian(nn.Module):
+  """The linear-Gaussian chain; q is its exact posterior, widened and shifted if asked."""
+
+  std_scale: float = 1.0
+  mean_shift: float = 0.0
+  likelihood: str = 'gaussian'
+  upper_latent_dims: tuple = (TOP_DIM,)
+
+  def setup(self):
+    self.w = self.param('w', nn.initializers.normal(), (OBS_DIM, LATENT_DIM))
+    self.b = self.param('b', nn.initializers.zeros, (OBS_DIM,))
+    self.a = self.param('a', nn.initializers.normal(), (LATENT_DIM, TOP_DIM))
+    self.a_bias = self.param('a_bias', nn.initializers.zeros, (LATENT_DIM,))
+
+  def _widen(self, mean, var):
+    log_var = jnp.log(var) + 2.0 * math.log(self.std_scale)
+    return mean + self.mean_shift, jnp.broadcast_to(log_var, mean.shape)
+
+  def encode(self, x):
+    x = x.reshape(x.shape[0], OBS_DIM)
+    prior_var = jnp.sum(self.a**2, axis=1) + TOP_VAR
+    post_var = 1.0 / (1.0 / prior_var + jnp.sum(self.w**2, axis=0) / OBS_VAR)
+    mean = post_var * (self.a_bias / prior_var + ((x - self.b) @ self.w) / OBS_VAR)
+    return self._widen(mean, post_var)
+
+  def encode_upper(self, z1, layer):
+    assert layer == 0
+    post_var = 1.0 / (1.0 + jnp.sum(self.a**2, axis=0) / TOP_VAR)
+    return self._widen(post_var * ((z1 - self.a_bias) @ self.a) / TOP_VAR, post_var)
+
+  def prior_upper(self, z2, layer):
+    assert layer == 0
+    mean = z2 @ self.a.T + self.a_bias
+    return mean, jnp.full_like(mean, math.log(TOP_VAR))
+
+  def decode(self, z1):
+    return LinearGaussianVAE.decode(self, z1)
+
+
+def hierarchical_problem(num_images, seed=0):
+  """(params, images [N, 1, X, 1] as float32, exact log p(x) [N] in float64)."""
+  params, _, _ = linear_gaussian_problem(1, seed)
+  w, b = np.asarray(params['w'], np.float64), np.asarray(params['b'], np.float64)
+  rng = np.random.default_rng(seed + 1)
+  z2 = rng.normal(size=(num_images, TOP_DIM))
+  z1 = z2 @ A_MATRIX.T + A_BIAS + math.sqrt(TOP_VAR) * rng.normal(size=(num_images, LATENT_DIM))
+  x = z1 @ w.T + b + math.sqrt(OBS_VAR) * rng.normal(size=(num_images, OBS_DIM))
+  cov_z1 = A_MATRIX @ A_MATRIX.T + TOP_VAR * np.eye(LATENT_DIM)
+  log_px = scipy.stats.multivariate_normal(
+      w @ A_BIAS + b, w @ cov_z1 @ w.T + OBS_VAR * np.eye(OBS_DIM)).logpdf(x)
+  params = dict(params, a=jnp.asarray(A_MATRIX, jnp.float32),
+                a_bias=jnp.asarray(A_BIAS, jnp.float32))
+  return params, x.reshape(num_images, 1, OBS_DIM, 1).astype(np.float32), log_px
+
+
+def test_hierarchical_log_weights_are_log_px_with_the_exact_posterior():
+  model = HierarchicalLinearGaussian()
+  params, x, log_px = hierarchical_problem(6)
+  mean, log_var = objectives.encode(model, params, x)
+  assert objectives.noise_dim(model, mean.shape[-1]) == LATENT_DIM + TOP_DIM
+  eps = jax.random.normal(jax.random.key(0), (9, 6, LATENT_DIM + TOP_DIM))
+  log_w, _ = jax.jit(objectives.importance_log_weights, static_argnums=0)(
+      model, params, x, mean, log_var, eps)
+  np.testing.assert_allclose(log_w, np.broadcast_to(log_px, (9, 6)), rtol=1e-5)
+  _, metrics = elbo(model, params, x, jax.random.key(1))
+  assert metrics['elbo'] == pytest.approx(log_px.mean(), rel=1e-5)
+  assert metrics['elbo'] == pytest.approx(float(metrics['recon'] - metrics['kl']), rel=1e-5)
+  _, metrics = iwae_bound(model, params, x, jax.random.key(2), num_samples=7)
+  assert metrics['iwae_bound'] == pytest.approx(log_px.mean(), rel=1e-5)
+
+
+def test_hierarchical_elbo_is_the_one_sample_bound_on_the_same_draw():
+  model = HierarchicalLinearGaussian(std_scale=1.6, mean_shift=0.4)
+  params, x, log_px = hierarchical_problem(8)
+  key = jax.random.key(3)
+  _, elbo_metrics = elbo(model, params, x, key)
+  _, iwae_metrics = iwae_bound(model, params, x, key, num_samples=1)
+  for name in ('elbo', 'recon', 'kl'):
+    assert elbo_metrics[name] == pytest.approx(float(iwae_metrics[name]), rel=1e-6)
+  assert iwae_metrics['iwae_bound'] == pytest.approx(float(elbo_metrics['elbo']), rel=1e-6)
+  assert elbo_metrics['elbo'] < log_px.mean()
+
+
+def test_hierarchical_kl_terms_are_the_sampled_rate_per_latent():
+  # The inactive z_2 latent has q(z | z_1) = p(z) = N(0, 1): its term is 0 for every draw.
+  model = HierarchicalLinearGaussian()
+  params, x, log_px = hierarchical_problem(5)
+  recon, kl = jax.jit(objectives.elbo_terms, static_argnums=0)(model, params, x, jax.random.key(4))
+  assert recon.shape == (5,) and kl.shape == (5, LATENT_DIM + TOP_DIM)
+  np.testing.assert_array_equal(kl[:, -1], 0.0)
+  np.testing.assert_allclose(recon - jnp.sum(kl, axis=-1), log_px, rtol=1e-5)
+
+
+def test_hierarchical_iwae_bound_increases_with_k_towards_log_px():
+  model = HierarchicalLinearGaussian(std_scale=1.8, mean_shift=0.7)
+  params, x, log_px = hierarchical_problem(8)
+  elbos = over_keys(lambda k: elbo(model, params, x, k)[1]['elbo'], 500)
+  bounds = []
+  for k in (1, 5, 50):
+    metrics = over_keys(
+        lambda key: iwae_bound(model, params, x, key, num_samples=k)[1], 500)
+    assert np.all(metrics['iwae_bound'] >= metrics['elbo'] - 1e-5)  # Jensen, for every draw.
+    bounds.append(float(np.mean(metrics['iwae_bound'])))
+  assert np.mean(elbos) + 0.1 < bounds[1] < bounds[2] - 0.1 < log_px.mean()
+  assert bounds[0] + 0.1 < bounds[1]
+  assert_mean_close(elbos, bounds[0])  # The k = 1 bound is the ELBO in expectation.
+
+
+def _dense(layer, h):
+  return h @ np.asarray(layer['kernel'], np.float64) + np.asarray(layer['bias'], np.float64)
+
+
+def _gaussian_mlp(net, h):
+  """Mean and log-variance of a tanh MLPEncoder, in float64."""
+  for i in range(len(net) - 1):
+    h = np.tanh(_dense(net[f'Dense_{i}'], h))
+  stats = _dense(net[f'Dense_{len(net) - 1}'], h)
+  return np.split(stats, 2, axis=-1)
+
+
+def _log_normal(z, mean, log_var):
+  return -0.5 * (np.log(2 * np.pi) + log_var + (z - mean)**2 / np.exp(log_var))
+
+
+def test_two_layer_bound_equals_a_hand_computed_value():
+  # Burda et al.'s two-layer model in miniature: x (2x2) -> 3 tanh -> z_1 (2) -> 3 tanh -> z_2 (2).
+  c = config_lib.default_config().model
+  c.hidden, c.latent_dim, c.activation = (3,), 2, 'tanh'
+  c.upper_latent_dims, c.upper_hidden = (2,), ((3,),)
+  model = models.make_model(c, (2, 2, 1))
+  x = jnp.array([[0.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 1.0]]).reshape(2, 2, 2, 1)
+  params = model.init({'params': jax.random.key(0)}, x, jax.random.key(1))['params']
+  key, k = jax.random.key(5), 4
+  _, metrics = iwae_bound(model, params, x, key, num_samples=k)
+
+  p = jax.tree.map(np.asarray, params)
+  eps = np.asarray(jax.random.normal(key, (k, 2, 4)), np.float64)
+  flat_x = np.asarray(x, np.float64).reshape(2, 4)
+  mean1, log_var1 = _gaussian_mlp(p['encoder'], flat_x)
+  z1 = mean1 + np.exp(0.5 * log_var1) * eps[..., :2]
+  mean2, log_var2 = _gaussian_mlp(p['upper_encoders_0'], z1)
+  z2 = mean2 + np.exp(0.5 * log_var2) * eps[..., 2:]
+  prior_mean1, prior_log_var1 = _gaussian_mlp(p['upper_priors_0'], z2)
+  logits = _dense(p['decoder']['Dense_1'], np.tanh(_dense(p['decoder']['Dense_0'], z1)))
+  log_px_z1 = np.sum(flat_x * logits - np.logaddexp(0.0, logits), axis=-1)
+  log_p = log_px_z1 + np.sum(_log_normal(z1, prior_mean1, prior_log_var1)
+                             + _log_normal(z2, 0.0, 0.0), axis=-1)
+  log_q = np.sum(_log_normal(z1, mean1, log_var1) + _log_normal(z2, mean2, log_var2), axis=-1)
+  log_w = log_p - log_q
+  bound = scipy.special.logsumexp(log_w, axis=0) - math.log(k)
+  assert float(metrics['iwae_bound']) == pytest.approx(bound.mean(), rel=1e-5)
+  assert float(metrics['elbo']) == pytest.approx(log_w.mean(), rel=1e-5)
+  assert float(metrics['recon']) == pytest.approx(log_px_z1.mean(), rel=1e-5)
+
+
+def test_two_layer_gradients_reach_every_network():
+  c = config_lib.default_config().model
+  c.hidden, c.latent_dim, c.activation = (8,), 4, 'tanh'
+  c.upper_latent_dims, c.upper_hidden = (3,), ((5, 5),)
+  model = models.make_model(c, (4, 4, 1))
+  x = (jax.random.uniform(jax.random.key(0), (6, 4, 4, 1)) > 0.5).astype(jnp.float32)
+  params = model.init({'params': jax.random.key(1)}, x, jax.random.key(2))['params']
+  for objective, k in (('elbo', 1), ('iwae', 5)):
+    loss_fn = objectives.make_loss_fn(model, objective, beta=1.0, warmup_steps=0,
+                                      free_bits=0.0, num_samples=k)
+    grads = jax.jit(jax.grad(lambda p: loss_fn(p, x, jax.random.key(3), 0)[0]))(params)
+    for name in ('encoder', 'decoder', 'upper_encoders_0', 'upper_priors_0'):
+      leaves = jax.tree.leaves(grads[name])
+      assert all(np.all(np.isfinite(g)) for g in leaves)
+      assert any(np.any(g != 0) for g in leaves), name
+
+
+def test_one_layer_vae_keeps_the_analytic_kl():
+  c = config_lib.default_config().model
+  c.hidden, c.latent_dim = (8,), 3
+  model = models.make_model(c, (4, 4, 1))
+  x = (jax.random.uniform(jax.random.key(0), (5, 4, 4, 1)) > 0.5).astype(jnp.float32)
+  params = model.init({'params': jax.random.key(1)}, x, jax.random.key(2))['params']
+  assert objectives.upper_latent_dims(model) == ()
+  _, kl = objectives.elbo_terms(model, params, x, jax.random.key(3))
+  mean, log_var = objectives.encode(model, params, x)
+  np.testing.assert_array_equal(kl, distributions.gaussian_kl_to_standard_normal(mean, log_var))

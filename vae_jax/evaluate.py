@@ -2,7 +2,8 @@
 
 The protocol is Burda et al. 2015, "Importance Weighted Autoencoders" (sec. 5):
 log p(x) estimated with K = 5,000 importance samples from q(z | x), and a latent
-unit counted active when Cov_x(E_q[z_d | x]) > 0.01.
+unit counted active when Cov_x(E_q[z_d | x]) > 0.01, layer by layer in a model
+with several stochastic layers.
 
 The split-level functions take numpy images [N, H, W, C] in [0, 1], run one
 jitted function over fixed-size batches (the last one padded, so one shape
@@ -28,6 +29,9 @@ from vae_jax import objectives
 # 10,000 images); 5,000 rows or more spilled out of the cache and ran at 22-58.
 DEFAULT_IMPORTANCE_BATCH_SIZE = 2
 DEFAULT_IMPORTANCE_CHUNK_SIZE = 500
+# Draws per image of z_{l-1} for E_q[z_l | x] = E_q[mean of q(z_l | z_{l-1})] above
+# the first layer of a hierarchical model (Monte Carlo; E_q[z_1 | x] is exact).
+DEFAULT_POSTERIOR_SAMPLES = 100
 
 
 def image_keys(key, start, batch_size):
@@ -71,9 +75,10 @@ def _importance_sampled_log_likelihood(model, params, x, keys, num_samples, chun
   mean, log_var = objectives.encode(model, params, x)
   chunk = min(chunk_size, num_samples)
   num_full, remainder = divmod(num_samples, chunk)
+  dim = objectives.noise_dim(model, mean.shape[-1])
 
   def log_weights(first, num):
-    eps = _standard_normal_draws(keys, first, num, mean.shape[-1])
+    eps = _standard_normal_draws(keys, first, num, dim)
     log_w, _ = objectives.importance_log_weights(model, params, x, mean, log_var, eps)
     return log_w
 
@@ -92,7 +97,8 @@ def importance_sampled_log_likelihood(model, params, x, key, *, num_samples, chu
   """log p(x) ~ logsumexp_i [log p(x | z_i) + log p(z_i) - log q(z_i | x)] - log K, [B].
 
   z_i ~ q(z | x), i = 1..K (Burda et al. 2015, eq. 14; a lower bound in
-  expectation that tightens as K grows). x is encoded once; the K samples are
+  expectation that tightens as K grows), z_i = (z_1, ..., z_L) in a hierarchical
+  model (`objectives.importance_log_weights`). x is encoded once; the K samples are
   decoded `chunk_size` at a time ([chunk_size * B] rows per decoder call) inside
   a `lax.scan` with a running logsumexp, so memory does not grow with K. K need
   not be a multiple of chunk_size. Image b uses fold_in(key, b), as in
@@ -193,30 +199,78 @@ def evaluate_elbo(model, params, images, key, *, batch_size=500) -> dict:
   return {name: float(np.mean(values)) for name, values in terms.items()}
 
 
-@functools.partial(jax.jit, static_argnames='model')
-def _posterior_statistics(model, params, x):
+@functools.partial(jax.jit, static_argnames=('model', 'num_samples'))
+def _posterior_statistics(model, params, x, key, start, *, num_samples):
+  """{'mean': E_q[z | x], 'kl': KL per latent}, each [B, D_1 + ... + D_L].
+
+  One layer: the posterior mean and the analytic KL. Hierarchical: E_q[z_1 | x]
+  exactly; above it, the mean of q(z_l | z_{l-1}) averaged over `num_samples`
+  draws of z_{l-1}; and log q(z | x) - log p(z) per latent averaged over the
+  same draws (the rate; its sum is KL(q || p), an entry alone is not a KL).
+  Image b's draws come from fold_in(key, start + b), as in the log p(x) estimate.
+  """
   mean, log_var = objectives.encode(model, params, x)
-  return {'mean': mean, 'kl': distributions.gaussian_kl_to_standard_normal(mean, log_var)}
+  if not objectives.upper_latent_dims(model):
+    return {'mean': mean, 'kl': distributions.gaussian_kl_to_standard_normal(mean, log_var)}
+  batch = x.shape[0]
+  dim = objectives.noise_dim(model, mean.shape[-1])
+  eps = _standard_normal_draws(image_keys(key, start, batch), 0, num_samples, dim)
+
+  def rows(a):  # [S, B, D] -> [S * B, D]
+    return jnp.broadcast_to(a, (num_samples,) + a.shape[-2:]).reshape(-1, a.shape[-1])
+
+  def average(a):  # [S * B, D] -> [B, D]
+    return jnp.mean(a.reshape(num_samples, batch, -1), axis=0)
+
+  zs, means, log_q = objectives.posterior_chain(model, params, rows(mean), rows(log_var),
+                                                rows(eps))
+  rate = log_q - objectives.prior_log_prob(model, params, zs)
+  upper_means = [average(m) for m in means[1:]]
+  return {'mean': jnp.concatenate([mean] + upper_means, axis=-1), 'kl': average(rate)}
 
 
-def _posterior_over_split(model, params, images, batch_size):
-  return _map_batches(lambda batch, _: _posterior_statistics(model, params, batch),
-                      images, batch_size)
+def _posterior_over_split(model, params, images, batch_size, key, num_samples):
+  if objectives.upper_latent_dims(model) and key is None:
+    raise ValueError('a model with several stochastic layers needs a key: E_q[z_l | x] '
+                     'and its KL terms are Monte Carlo estimates above the first layer')
+  return _map_batches(
+      lambda batch, start: _posterior_statistics(model, params, batch, key, start,
+                                                 num_samples=num_samples),
+      images, batch_size)
 
 
-def active_units(model, params, images, *, threshold=0.01, batch_size=500) -> dict:
+def split_layers(model, values):
+  """Splits [..., D_1 + ... + D_L] into one array per stochastic layer, bottom-up."""
+  upper = objectives.upper_latent_dims(model)
+  first = np.shape(values)[-1] - sum(upper)
+  return np.split(np.asarray(values), np.cumsum((first,) + upper)[:-1], axis=-1)
+
+
+def active_units(model, params, images, *, threshold=0.01, batch_size=500, key=None,
+                 num_samples=DEFAULT_POSTERIOR_SAMPLES) -> dict:
   """Counts latents with Cov_x(E_q[z_d | x]) > threshold (Burda et al. 2015, sec. 5.2).
 
-  Returns {'active_units': int, 'posterior_mean_variance': [D] list of floats}.
+  Returns {'active_units': int (all layers), 'active_units_per_layer': [int],
+  bottom-up, 'posterior_mean_variance': [D_1 + ... + D_L] list of floats}. A
+  hierarchical model needs `key`: above z_1, E_q[z_l | x] is a Monte Carlo
+  average over `num_samples` draws of the layer below.
   """
-  means = _posterior_over_split(model, params, images, batch_size)['mean']
+  means = _posterior_over_split(model, params, images, batch_size, key, num_samples)['mean']
   variance = np.var(means, axis=0)
   return {
       'active_units': int(np.sum(variance > threshold)),
+      'active_units_per_layer': [int(np.sum(v > threshold)) for v in split_layers(model, variance)],
       'posterior_mean_variance': variance.tolist(),
   }
 
 
-def kl_per_dimension(model, params, images, *, batch_size=500) -> np.ndarray:
-  """Mean over a split of the analytic KL(q(z_d | x) || N(0, 1)) of each latent, [D] nats."""
-  return np.mean(_posterior_over_split(model, params, images, batch_size)['kl'], axis=0)
+def kl_per_dimension(model, params, images, *, batch_size=500, key=None,
+                     num_samples=DEFAULT_POSTERIOR_SAMPLES) -> np.ndarray:
+  """Mean over a split of KL(q(z_d | x) || p(z_d)) per latent, [D_1 + ... + D_L] nats.
+
+  One layer: the analytic KL against N(0, 1). A hierarchical model (needs
+  `key`): the mean of log q(z_d | .) - log p(z_d | .) over `num_samples` draws
+  per image; the entries sum to the model's KL(q(z | x) || p(z)).
+  """
+  return np.mean(
+      _posterior_over_split(model, params, images, batch_size, key, num_samples)['kl'], axis=0)

@@ -5,8 +5,9 @@
 
 writes DIR/eval_test_k5000.json: the importance-sampled log p(x) with K samples
 (Burda et al. 2015, sec. 5) and its bits/dim, the single-sample ELBO and its
-terms, active units and the KL of each latent, the checkpoint step and epoch,
-and the wall time of the evaluation. A tqdm bar follows the K-sample estimate.
+terms, active units (in all and per stochastic layer) and the KL of each
+latent, the checkpoint step and epoch, and the wall time of the evaluation. A
+tqdm bar follows the K-sample estimate.
 """
 
 import dataclasses
@@ -14,6 +15,7 @@ import os
 import sys
 import time
 
+import jax
 import numpy as np
 from absl import app
 from absl import flags
@@ -78,17 +80,20 @@ def evaluate_workdir(workdir, split='test', num_samples=5000, num_images=0, step
       model, params, images, key, num_samples=num_samples, batch_size=batch_size,
       chunk_size=chunk_size, progress=progress))
   results.update(evaluate.evaluate_elbo(model, params, images, key, batch_size=batch))
-  units = evaluate.active_units(model, params, images, batch_size=batch)
-  results['active_units'] = units['active_units']
-  results['posterior_mean_variance'] = units['posterior_mean_variance']
-  results['kl_per_dim'] = np.asarray(
-      evaluate.kl_per_dimension(model, params, images, batch_size=batch)).tolist()
+  # Draws above z_1 of a hierarchical model: a key of their own, split off (the
+  # images' log p(x) keys are fold_in(key, n)).
+  posterior_key = jax.random.split(key)[1]
+  results.update(evaluate.active_units(model, params, images, batch_size=batch,
+                                       key=posterior_key))
+  results['kl_per_dim'] = np.asarray(evaluate.kl_per_dimension(
+      model, params, images, batch_size=batch, key=posterior_key)).tolist()
   results['wall_time_s'] = time.perf_counter() - start
   path = output_path(workdir, split, num_samples, num_images)
   workdir_lib.write_json(path, results)
   vlog.info(f'{split} (step {step}, {len(images)} images): log p(x) K={num_samples} '
             f'{results["log_px"]:.2f} nats ({results["bits_per_dim"]:.4f} bits/dim), '
-            f'ELBO {results["elbo"]:.2f}, active units {results["active_units"]}; wrote {path}')
+            f'ELBO {results["elbo"]:.2f}, active units {results["active_units"]} '
+            f'(per layer {results["active_units_per_layer"]}); wrote {path}')
   return results
 
 

@@ -6,7 +6,9 @@
 Writes PNG grids into DIR/generated/ (or --output_dir): prior samples per
 temperature, chosen held-out images beside their reconstructions, a latent
 interpolation between two held-out images, and latent traversals (one row per
-latent dimension, the most informative dimensions, by KL, first).
+latent dimension, the most informative dimensions, by KL, first). In a model
+with several stochastic layers, interpolation and traversal move the top layer
+(see sampling.py).
 """
 
 import os
@@ -75,7 +77,9 @@ def generate(workdir, out_dir, temperatures, num_samples, reconstruct, interpola
         sampling.side_by_side(x, sampling.reconstructions(model, params, x)), columns=16)
   a, b = eval_images[interpolate[0]], eval_images[interpolate[1]]
   _save(out_dir, 'interpolation', sampling.interpolate(model, params, a, b, 12), columns=12)
-  kl = np.asarray(evaluate.kl_per_dimension(model, params, eval_images[:1000], batch_size=500))
+  kl = np.asarray(evaluate.kl_per_dimension(
+      model, params, eval_images[:1000], batch_size=500, key=jax.random.fold_in(key, 1)))
+  kl = evaluate.split_layers(model, kl)[-1]  # Traversals move the top layer.
   dims = np.argsort(-kl)[:traverse_dims]
   values = np.linspace(-3.0, 3.0, 11)
   _save(out_dir, 'traversal',

@@ -26,7 +26,11 @@ ARCHITECTURES = ('mlp', 'conv')
 
 
 class MLPEncoder(nn.Module):
-  """x [B, H, W, C] -> (mean, log_var) of a diagonal Gaussian q(z | x)."""
+  """x [B, ...] -> (mean, log_var) of a diagonal Gaussian, each [B, latent_dim].
+
+  The encoder q(z | x) of an image; in a hierarchical VAE also each upper
+  posterior q(z_{l+1} | z_l) and each conditional prior p(z_l | z_{l+1}).
+  """
 
   hidden: Sequence[int]
   latent_dim: int
@@ -115,17 +119,35 @@ class ConvDecoder(nn.Module):
 
 
 class VAE(nn.Module):
-  """A VAE with a diagonal Gaussian posterior and a standard normal prior.
+  """A VAE with diagonal Gaussian posteriors and one or more stochastic layers.
 
-  Kingma & Welling 2013, "Auto-Encoding Variational Bayes".
-  `encode` and `decode` are the two halves; `__call__` runs both with the
-  reparameterisation trick, the key passed explicitly.
+  One layer (Kingma & Welling 2013, "Auto-Encoding Variational Bayes"):
+  q(z | x), p(z) = N(0, I), p(x | z). With `upper_encoders` and `upper_priors`
+  it has L = 1 + len(upper_latent_dims) layers (Burda et al. 2015, "Importance
+  Weighted Autoencoders", sec. 5):
+
+    q(z_1 | x) q(z_2 | z_1) ... q(z_L | z_{L-1}),
+    p(z_L) p(z_{L-1} | z_L) ... p(z_1 | z_2) p(x | z_1), p(z_L) = N(0, I),
+
+  every conditional a diagonal Gaussian. `encode` and `decode` are always the
+  bottom layer, q(z_1 | x) and p(x | z_1); `encode_upper(z_l, i)` is
+  q(z_{i+2} | z_{i+1}) and `prior_upper(z, i)` is p(z_{i+1} | z_{i+2}), i from 0.
+  `__call__` runs the whole model with the reparameterisation trick, the key
+  passed explicitly.
   """
 
   encoder: nn.Module
   decoder: nn.Module
   likelihood: str
-  latent_dim: int
+  latent_dim: int  # Of z_1.
+  upper_encoders: Sequence[nn.Module] = ()
+  upper_priors: Sequence[nn.Module] = ()
+  upper_latent_dims: Sequence[int] = ()
+
+  @property
+  def latent_dims(self):
+    """(D_1, ..., D_L), bottom-up."""
+    return (self.latent_dim,) + tuple(self.upper_latent_dims)
 
   def encode(self, x):
     return self.encoder(x)
@@ -133,14 +155,52 @@ class VAE(nn.Module):
   def decode(self, z):
     return self.decoder(z)
 
+  def encode_upper(self, z, layer):
+    return self.upper_encoders[layer](z)
+
+  def prior_upper(self, z, layer):
+    return self.upper_priors[layer](z)
+
   def __call__(self, x, key):
+    """(decoder output, mean, log_var of q(z_1 | x)).
+
+    One layer: decodes z ~ q(z | x). Several: samples up to z_L ~ q, then back
+    down z_l ~ p(z_l | z_{l+1}) to the decoder, so every sub-network runs.
+    """
     mean, log_var = self.encode(x)
-    z = distributions.gaussian_sample(key, mean, log_var)
+    if not self.upper_latent_dims:
+      z = distributions.gaussian_sample(key, mean, log_var)
+      return self.decode(z), mean, log_var
+    keys = iter(jax.random.split(key, 2 * len(self.upper_latent_dims) + 1))
+    z = distributions.gaussian_sample(next(keys), mean, log_var)
+    for layer in range(len(self.upper_latent_dims)):
+      z = distributions.gaussian_sample(next(keys), *self.encode_upper(z, layer))
+    for layer in reversed(range(len(self.upper_latent_dims))):
+      z = distributions.gaussian_sample(next(keys), *self.prior_upper(z, layer))
     return self.decode(z), mean, log_var
 
 
+def _upper_layers(model_config, activation):
+  """The MLPs of q(z_{l+1} | z_l) and p(z_l | z_{l+1}) for the layers above z_1.
+
+  Each p mirrors its q, as the decoder mirrors the encoder. Configs written
+  before hierarchical models existed have no upper_* fields: one layer.
+  """
+  dims = tuple(model_config.get('upper_latent_dims', ()))
+  hidden = tuple(tuple(h) for h in model_config.get('upper_hidden', ()))
+  below = (model_config.latent_dim,) + dims[:-1]
+  encoders = tuple(MLPEncoder(h, d, activation) for h, d in zip(hidden, dims))
+  priors = tuple(MLPEncoder(tuple(reversed(h)), d, activation) for h, d in zip(hidden, below))
+  return encoders, priors, dims
+
+
 def make_model(model_config, image_shape) -> VAE:
-  """Builds the VAE described by the config's `model` fields for `image_shape`."""
+  """Builds the VAE described by the config's `model` fields for `image_shape`.
+
+  `hidden` (or `conv_features`) and `latent_dim` give the bottom layer x <-> z_1;
+  `upper_latent_dims` and `upper_hidden` add stochastic layers above it, MLPs
+  with the same activation.
+  """
   activation = ACTIVATIONS[model_config.activation]
   out_channels = distributions.decoder_channels(model_config.likelihood)
   if model_config.architecture == 'mlp':
@@ -153,7 +213,9 @@ def make_model(model_config, image_shape) -> VAE:
         tuple(model_config.conv_features), tuple(image_shape), out_channels, activation)
   else:
     raise ValueError(f'model.architecture: unknown {model_config.architecture!r}')
-  return VAE(encoder, decoder, model_config.likelihood, model_config.latent_dim)
+  upper_encoders, upper_priors, upper_dims = _upper_layers(model_config, activation)
+  return VAE(encoder, decoder, model_config.likelihood, model_config.latent_dim,
+             upper_encoders, upper_priors, upper_dims)
 
 
 def count_params(params) -> int:

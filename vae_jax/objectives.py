@@ -2,15 +2,21 @@
 
 Every function here is pure and traceable, so it can run inside the jitted,
 `lax.scan`ned train step. Metrics are means over the batch, in nats per example.
-The model follows the VAE contract of models.py: `encode(x) -> (mean, log_var)`,
-`decode(z) -> out` read by `distributions.log_likelihood(model.likelihood, x, out)`,
-with a standard normal prior.
+The model follows the VAE contract of models.py: `encode(x) -> (mean, log_var)`
+of q(z_1 | x), `decode(z_1) -> out` read by `distributions.log_likelihood(
+model.likelihood, x, out)`. A one-layer model has a standard normal prior. A
+hierarchical one (Burda et al. 2015, sec. 5) also has `upper_latent_dims`,
+`encode_upper(z_l, l - 1)` for q(z_{l+1} | z_l) and `prior_upper(z_{l+1}, l - 1)`
+for p(z_l | z_{l+1}), and p(z_L) = N(0, I); its log importance weights come from
+`hierarchical_terms`, the one function behind its ELBO, its IWAE bound and its
+importance-sampled log p(x).
 """
 
 import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vae_jax import distributions
 
@@ -25,6 +31,69 @@ def encode(model, params, x):
 def decode(model, params, z):
   """The decoder's output for latents z [B, D], read by `distributions.log_likelihood`."""
   return model.apply({'params': params}, z, method='decode')
+
+
+def upper_latent_dims(model):
+  """Sizes of the stochastic layers above z_1, bottom-up; () for a one-layer model."""
+  return tuple(getattr(model, 'upper_latent_dims', ()))
+
+
+def noise_dim(model, latent_dim):
+  """Standard normal draws per sample, D_1 + ... + D_L, from latent_dim = D_1."""
+  return latent_dim + sum(upper_latent_dims(model))
+
+
+def posterior_chain(model, params, mean, log_var, eps):
+  """Draws z_1, ..., z_L ~ q(z | x) through eps [N, D_1 + ... + D_L].
+
+  mean and log_var [N, D_1] are q(z_1 | x)'s; eps is split into the layers'
+  draws, bottom-up. Returns (zs, means, log_q): the samples [N, D_l] of each
+  layer, the mean of each layer's q at the sample below it (E q(z_1 | x) for
+  layer 1), and log q per latent [N, sum D], written through eps as in
+  `importance_log_weights`.
+  """
+  dims = (mean.shape[-1],) + upper_latent_dims(model)
+  eps_layers = jnp.split(eps, np.cumsum(dims)[:-1], axis=-1)
+  zs, means, log_q = [], [], []
+  for layer, e in enumerate(eps_layers):
+    if layer:
+      mean, log_var = model.apply({'params': params}, zs[-1], layer - 1, method='encode_upper')
+    log_var = distributions.clip_log_var(log_var)
+    means.append(mean)
+    zs.append(mean + jnp.exp(0.5 * log_var) * e)
+    log_q.append(distributions.standard_normal_log_prob(e) - 0.5 * log_var)
+  return zs, means, jnp.concatenate(log_q, axis=-1)
+
+
+def prior_log_prob(model, params, zs):
+  """log p(z_l | z_{l+1}) per latent, and log N(z_L; 0, I) for the top, [N, sum D]."""
+  log_p = []
+  for layer in range(len(zs) - 1):
+    mean, log_var = model.apply({'params': params}, zs[layer + 1], layer, method='prior_upper')
+    log_p.append(distributions.gaussian_log_prob(zs[layer], mean, log_var))
+  log_p.append(distributions.standard_normal_log_prob(zs[-1]))
+  return jnp.concatenate(log_p, axis=-1)
+
+
+def hierarchical_terms(model, params, x, mean, log_var, eps):
+  """(log p(x | z_1) [k, B], log q(z | x) - log p(z) per latent [k, B, sum D]).
+
+  For a hierarchical model, z = (z_1, ..., z_L) drawn from q through eps
+  [k, B, D_1 + ... + D_L]; mean, log_var [B, D_1] are q(z_1 | x)'s. The log
+  importance weight is the first term minus the sum of the second (Burda et al.
+  2015, eq. 8 with q(z | x) = q(z_1 | x) prod q(z_{l+1} | z_l)). The k * B
+  samples go through each network as one batch.
+  """
+  k, batch = eps.shape[:2]
+
+  def rows(a):  # [k, B, ...] -> [k * B, ...]
+    return jnp.broadcast_to(a, (k,) + a.shape[-2:]).reshape((k * batch, a.shape[-1]))
+
+  zs, _, log_q = posterior_chain(model, params, rows(mean), rows(log_var), rows(eps))
+  rate = log_q - prior_log_prob(model, params, zs)
+  out = decode(model, params, zs[0])
+  out = out.reshape((k, batch) + out.shape[1:])
+  return log_px_given_z(model, x, out), rate.reshape(k, batch, -1)
 
 
 def log_px_given_z(model, x, out):
@@ -62,8 +131,18 @@ def elbo_terms(model, params, x, key):
 
   One reparameterised sample z ~ q(z | x) per datapoint and the analytic
   Gaussian KL (Kingma & Welling 2013, "Auto-Encoding Variational Bayes", eq. 10).
+  A hierarchical model has no closed-form KL (p(z_1) is p(z_1 | z_2) averaged
+  over z_2), so its KL term is the single-sample estimate log q(z | x) - log p(z)
+  per latent, z the same sample as the reconstruction's, [B, D_1 + ... + D_L]:
+  its sum is KL(q(z | x) || p(z)) in expectation, a single latent's entry is not
+  a KL and may be negative.
   """
   mean, log_var = encode(model, params, x)
+  if upper_latent_dims(model):
+    shape = (1, mean.shape[0], noise_dim(model, mean.shape[-1]))
+    eps = jax.random.normal(key, shape, mean.dtype)
+    recon, rate = hierarchical_terms(model, params, x, mean, log_var, eps)
+    return recon[0], rate[0]
   z = distributions.gaussian_sample(key, mean, log_var)
   recon = log_px_given_z(model, x, decode(model, params, z))
   return recon, distributions.gaussian_kl_to_standard_normal(mean, log_var)
@@ -101,13 +180,19 @@ def elbo(model, params, x, key, *, kl_weight=1.0, free_bits=0.0):
 
 
 def importance_log_weights(model, params, x, mean, log_var, eps):
-  """(log p(x, z) - log q(z | x), log p(x | z)), each [k, B], for z = mean + std * eps.
+  """(log p(x, z) - log q(z | x), log p(x | z_1)), each [k, B], for z drawn through eps.
 
-  The k samples are decoded as one [k * B, D] batch so the work is one large
-  matmul per layer. log q is written through eps (change of variables: log q(z)
-  = log N(eps) - sum log std), which is exact even when std is tiny next to the
-  mean and z - mean rounds to zero in float32.
+  mean and log_var [B, D_1] are q(z_1 | x)'s, computed once by the caller; eps
+  is [k, B, noise_dim(model, D_1)]. One layer: z = mean + std * eps. The k
+  samples are decoded as one [k * B, D] batch so the work is one large matmul
+  per layer. log q is written through eps (change of variables: log q(z) =
+  log N(eps) - sum log std), which is exact even when std is tiny next to the
+  mean and z - mean rounds to zero in float32. A hierarchical model's weights
+  come from `hierarchical_terms`.
   """
+  if upper_latent_dims(model):
+    log_likelihood, rate = hierarchical_terms(model, params, x, mean, log_var, eps)
+    return log_likelihood - jnp.sum(rate, axis=-1), log_likelihood
   log_var = distributions.clip_log_var(log_var)
   z = mean + jnp.exp(0.5 * log_var) * eps
   k, batch, dim = eps.shape
@@ -125,14 +210,19 @@ def iwae_bound(model, params, x, key, *, num_samples):
   Burda et al. 2015, "Importance Weighted Autoencoders", eq. 8. Metrics:
   'iwae_bound'; 'elbo', the mean of the k single-sample ELBO estimates (the
   bound at k = 1); 'recon', mean log p(x | z_i); 'kl', the analytic KL(q || p)
-  for reference; 'loss'.
+  for reference (for a hierarchical model its estimate from the k samples, the
+  mean of log q(z_i | x) - log p(z_i)); 'loss'.
   """
   mean, log_var = encode(model, params, x)
-  eps = jax.random.normal(key, (num_samples,) + mean.shape, mean.dtype)
+  shape = (num_samples,) + mean.shape[:-1] + (noise_dim(model, mean.shape[-1]),)
+  eps = jax.random.normal(key, shape, mean.dtype)
   log_w, log_likelihood = importance_log_weights(model, params, x, mean, log_var, eps)
   bound = jax.nn.logsumexp(log_w, axis=0) - math.log(num_samples)
   loss = -jnp.mean(bound)
-  kl = jnp.sum(distributions.gaussian_kl_to_standard_normal(mean, log_var), axis=-1)
+  if upper_latent_dims(model):
+    kl = jnp.mean(log_likelihood - log_w, axis=0)
+  else:
+    kl = jnp.sum(distributions.gaussian_kl_to_standard_normal(mean, log_var), axis=-1)
   metrics = {
       'iwae_bound': jnp.mean(bound),
       'elbo': jnp.mean(log_w),

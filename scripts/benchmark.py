@@ -34,6 +34,7 @@ from absl import flags
 import flax
 import jax
 import jax.numpy as jnp
+import ml_collections
 from ml_collections import config_flags
 import numpy as np
 import optax
@@ -65,6 +66,9 @@ def _flags(argv):
                        flag_values=fv)
   flags.DEFINE_integer('ll_num_images', 200, 'Test images for the log p(x) throughput (at most).',
                        flag_values=fv)
+  flags.DEFINE_integer('compare_seeds', 0,
+                       'If > 1: also time train.num_seeds = S (one vmapped program) against '
+                       'S separate runs of one seed.', flag_values=fv)
   flags.DEFINE_list('matmul_sizes', ['512', '1024', '2048'],
                     'Sides of the square matmuls measured besides the layer shapes.',
                     flag_values=fv)
@@ -369,11 +373,16 @@ class LibraryStep:
   """
 
   def __init__(self, config, workdir):
+    start = time.perf_counter()
     self.trainer = train.Trainer(config, workdir)
     self.state = self.trainer.initial_state()
     self.step = 0
     self.steps_per_call = config.train.steps_per_call
-    self.images_per_call = self.steps_per_call * config.train.batch_size
+    # With train.num_seeds = S, every call trains S replicas: S times the images.
+    self.images_per_call = (self.steps_per_call * config.train.batch_size
+                            * config.train.num_seeds)
+    self.run(1)
+    self.setup_and_first_call_s = time.perf_counter() - start
 
   def run(self, calls):
     for _ in range(calls):
@@ -382,8 +391,42 @@ class LibraryStep:
     jax.block_until_ready(metrics)
 
   def close(self):
-    self.trainer.ckpt.close()
-    self.trainer.writer.close()
+    self.trainer.close()
+
+
+def bench_seeds(config, num_seeds, repeats, seconds):
+  """train.num_seeds = S in one vmapped program against S separate one-seed runs.
+
+  Both are the library step as the loop calls it, timed in turns; images/s
+  counts every replica's images, so `speedup` is how much faster S seeds train
+  as one program than as S runs one after another (S runs side by side on the
+  same cores share the same compute). The one-off cost of each, setting up the
+  trainer (data on device, compile) and the first call, is reported beside it:
+  S separate runs pay it S times.
+  """
+  single_config = train.replica_config(config, config.seed)
+  vmapped_config = ml_collections.ConfigDict(single_config.to_dict())
+  vmapped_config.train.num_seeds = num_seeds
+  config_lib.validate(vmapped_config)
+  with tempfile.TemporaryDirectory() as workdir:
+    steps = {'separate': LibraryStep(single_config, os.path.join(workdir, 'single')),
+             'vmapped': LibraryStep(vmapped_config, os.path.join(workdir, 'vmapped'))}
+    try:
+      rates, cores = _alternating_rates(steps, repeats, seconds)
+    finally:
+      for step in steps.values():
+        step.close()
+  separate, vmapped = np.median(rates['separate']), np.median(rates['vmapped'])
+  return {
+      'num_seeds': num_seeds,
+      'separate_images_per_sec': float(separate),
+      'vmapped_images_per_sec': float(vmapped),
+      'speedup': float(vmapped / separate),
+      'speedup_repeats': list(np.divide(rates['vmapped'], rates['separate'])),
+      'separate_setup_and_first_call_s': steps['separate'].setup_and_first_call_s,
+      'vmapped_setup_and_first_call_s': steps['vmapped'].setup_and_first_call_s,
+      'cores_used': cores,
+  }
 
 
 # ----------------------------------------------------------------------------- the library
@@ -530,7 +573,7 @@ def bench_loop(config, steps_per_sec, repeats, seconds):
 
 
 def run(config, *, repeats=5, seconds=12.0, ll_num_samples=5000, ll_num_images=200,
-        matmul_sizes=(512, 1024, 2048)):
+        matmul_sizes=(512, 1024, 2048), compare_seeds=0):
   """Every measurement of the module docstring, as one JSON-ready dict."""
   config_lib.validate(config)
   results = {'machine': _machine(), 'memory': {}}
@@ -578,6 +621,9 @@ def run(config, *, repeats=5, seconds=12.0, ll_num_samples=5000, ll_num_images=2
   ll = results['log_likelihood']
   ll['fraction_of_peak'] = (ll['images_per_sec'] * ll_num_samples * decoder
                             / (results['matmul']['peak_gflops'] * 1e9))
+
+  if compare_seeds > 1:
+    results['seeds'] = bench_seeds(config, compare_seeds, repeats, seconds)
 
   memory['peak_maxrss_mib'] = _maxrss_mib()
   memory['device_memory_stats'] = jax.devices()[0].memory_stats()
@@ -690,7 +736,7 @@ def _cpu_model():
 def summary_lines(results):
   """The headline numbers, one per line."""
   t, ll, m, cs = results['train'], results['log_likelihood'], results['matmul'], results['compile_s']
-  return [
+  lines = [
       f"matmul peak {m['peak_gflops']:.0f} GFLOP/s ({m['peak_shape']}); "
       f"train step {results['flops']['train_step_per_image'] / 1e6:.2f} MFLOP/image -> "
       f"roofline {t['roofline_images_per_sec']:,.0f} images/s",
@@ -706,13 +752,22 @@ def summary_lines(results):
       f"peak memory (maxrss) {results['memory']['peak_maxrss_mib']:,.0f} MiB; load average "
       f"{results['machine']['loadavg_start'][0]:.2f} -> {results['machine']['loadavg_end'][0]:.2f}",
   ]
+  if 'seeds' in results:
+    s = results['seeds']
+    lines.append(
+        f"{s['num_seeds']} seeds vmapped: {s['vmapped_images_per_sec']:,.0f} images/s vs "
+        f"{s['separate_images_per_sec']:,.0f} for separate runs -> {s['speedup']:.2f}x; "
+        f"setup + first call {s['vmapped_setup_and_first_call_s']:.1f} s once vs "
+        f"{s['separate_setup_and_first_call_s']:.1f} s per separate run")
+  return lines
 
 
 def main(argv):
   fv, config = _flags(argv)
   results = run(config, repeats=fv.repeats, seconds=fv.seconds,
                 ll_num_samples=fv.ll_num_samples, ll_num_images=fv.ll_num_images,
-                matmul_sizes=tuple(int(size) for size in fv.matmul_sizes))
+                matmul_sizes=tuple(int(size) for size in fv.matmul_sizes),
+                compare_seeds=fv.compare_seeds)
   results['command'] = ' '.join(argv)
   results['config'] = config.to_dict()
   for line in summary_lines(results):

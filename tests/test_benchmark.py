@@ -31,7 +31,7 @@ def positive_finite(value):
 
 def test_benchmark_writes_every_field(tmp_path):
   output = str(tmp_path / 'out' / 'results.json')
-  benchmark.main(['benchmark'] + TINY + [f'--output={output}'])
+  benchmark.main(['benchmark'] + TINY + [f'--output={output}', '--compare_seeds=2'])
   with open(output, encoding='utf-8') as f:
     results = json.load(f)
 
@@ -74,6 +74,13 @@ def test_benchmark_writes_every_field(tmp_path):
   assert flops['train_step_per_image'] == 3 * flops['forward_per_image']
   # XLA counts the elementwise work too, and skips the input gradient of the first layer.
   assert 0.5 < flops['xla_cost_analysis_train_step_per_image'] / flops['train_step_per_image'] < 2
+
+  seeds = results['seeds']
+  assert seeds['num_seeds'] == 2
+  for name in ('separate_images_per_sec', 'vmapped_images_per_sec', 'speedup',
+               'separate_setup_and_first_call_s', 'vmapped_setup_and_first_call_s'):
+    assert positive_finite(seeds[name]), name
+  assert seeds['speedup'] == seeds['vmapped_images_per_sec'] / seeds['separate_images_per_sec']
 
   memory = results['memory']
   assert positive_finite(memory['peak_maxrss_mib'])

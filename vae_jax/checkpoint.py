@@ -248,7 +248,7 @@ class Checkpointer:
       try:
         return self.restore(target, step)
       except CorruptCheckpointError as e:
-        moved_to = self._set_aside(step)
+        moved_to = self.set_aside(step)
         logging.warning('Checkpoint step %d is unreadable, moved to %s: %s',
                         step, moved_to, e)
         failures.append(f'step {step}: {e}')
@@ -309,7 +309,7 @@ class Checkpointer:
           f'Checkpoint step {step} in {self._dir} does not match the model:\n'
           + '\n'.join(lines))
 
-  def _set_aside(self, step: int) -> epath.Path:
+  def set_aside(self, step: int) -> epath.Path:
     """Moves a step under corrupted/ so that it is neither listed nor lost."""
     stamp = datetime.datetime.now().strftime('%Y%m%dT%H%M%S.%f')
     dest = self._dir / _CORRUPTED / f'{step}_{stamp}'

@@ -91,6 +91,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.max_checkpoints_to_keep = 3
   c.train.nan_policy = 'stop'
   c.train.max_consecutive_nonfinite = 10
+  # > 1: that many seeds (config.seed, config.seed + 1, ...) trained at once,
+  # vmapped in one program; each replica keeps its own dir DIR/seed_<seed>.
+  c.train.num_seeds = 1
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 500
@@ -203,7 +206,7 @@ def validate(config, num_devices=None):
   for field in ('train.batch_size', 'train.num_steps', 'train.steps_per_call',
                 'train.log_every_steps', 'train.eval_every_steps',
                 'train.checkpoint_every_steps', 'train.max_checkpoints_to_keep',
-                'train.max_consecutive_nonfinite', 'eval.batch_size',
+                'train.max_consecutive_nonfinite', 'train.num_seeds', 'eval.batch_size',
                 'eval.importance_batch_size', 'eval.importance_chunk_size',
                 'sampling.num_samples', 'sampling.num_reconstructions'):
     _positive(config, field)

@@ -139,24 +139,44 @@ def _flatten(tree, prefix=''):
 
 
 def collect(sweep_dir) -> list:
-  """One row per finished workdir: swept fields, final metrics, best eval ELBO."""
-  from vae_jax import logging as vlog  # pylint: disable=g-import-not-at-top
+  """One row per finished run: swept fields, final metrics, best eval ELBO.
+
+  A point trained with train.num_seeds = S > 1 gives S rows, one per replica
+  (point '<name>/seed_<seed>', field 'seed'), like S points with one seed each.
+  """
   status = read_status(sweep_dir)
   rows = []
   for name in sorted(status):
     workdir = os.path.join(sweep_dir, name)
     if not is_finished(workdir):
       continue
-    with open(os.path.join(workdir, FINAL_METRICS), encoding='utf-8') as f:
-      final = json.load(f)
-    row = {'point': name, **status[name]['overrides']}
-    row.update({f'final_{k}': v for k, v in final.items() if not isinstance(v, (list, dict))})
-    evals = [r for r in vlog.read_metrics(workdir, 'eval') if 'elbo' in r]
-    if evals:
-      best = max(evals, key=lambda r: r['elbo'])
-      row.update(best_elbo=best['elbo'], best_step=best['step'])
-    rows.append(row)
+    final = _read_final(workdir)
+    base = {'point': name, **status[name]['overrides']}
+    if 'per_seed' not in final:
+      rows.append(_row(workdir, base, final))
+      continue
+    for seed in sorted(final['per_seed'], key=int):
+      replica = f'{name}/seed_{seed}'
+      replica_dir = os.path.join(sweep_dir, replica)
+      rows.append(_row(replica_dir, dict(base, point=replica, seed=int(seed)),
+                       _read_final(replica_dir)))
   return rows
+
+
+def _read_final(workdir):
+  with open(os.path.join(workdir, FINAL_METRICS), encoding='utf-8') as f:
+    return json.load(f)
+
+
+def _row(workdir, row, final):
+  from vae_jax import logging as vlog  # pylint: disable=g-import-not-at-top
+  row = dict(row)
+  row.update({f'final_{k}': v for k, v in final.items() if not isinstance(v, (list, dict))})
+  evals = [r for r in vlog.read_metrics(workdir, 'eval') if 'elbo' in r]
+  if evals:
+    best = max(evals, key=lambda r: r['elbo'])
+    row.update(best_elbo=best['elbo'], best_step=best['step'])
+  return row
 
 
 def group_over_seeds(rows, metrics) -> list:

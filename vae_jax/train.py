@@ -12,6 +12,7 @@ import signal
 import time
 from typing import Any
 
+from absl import logging
 import flax
 import jax
 import jax.numpy as jnp
@@ -55,7 +56,8 @@ class Experiment:
   tx: optax.GradientTransformation
   num_steps: int
   steps_per_epoch: int
-  keys: dict
+  keys: dict  # root_keys(config.seed): the first replica's streams.
+  seeds: tuple  # config.seed + i for each of the train.num_seeds replicas.
 
 
 def resolve_num_steps(train_config, num_train):
@@ -81,15 +83,78 @@ def build_experiment(config) -> Experiment:
   model = models.make_model(config.model, dataset.image_shape)
   num_steps, steps_per_epoch = resolve_num_steps(config.train, dataset.num_train)
   tx = optim.make_optimizer(config.optimizer, num_steps)
+  seeds = tuple(config.seed + i for i in range(config.train.num_seeds))
   return Experiment(config, dataset, model, tx, num_steps, steps_per_epoch,
-                    root_keys(config.seed))
+                    root_keys(config.seed), seeds)
 
 
-def init_state(exp: Experiment) -> TrainState:
+def init_state(exp: Experiment, seed: int | None = None) -> TrainState:
+  """The step-0 state of the run with `seed` (default: config.seed)."""
+  keys = exp.keys if seed is None else root_keys(seed)
   x = jnp.zeros((1,) + tuple(exp.dataset.image_shape), jnp.float32)
-  init_key, sample_key = jax.random.split(exp.keys['init'])
+  init_key, sample_key = jax.random.split(keys['init'])
   params = exp.model.init({'params': init_key}, x, sample_key)['params']
   return TrainState(jnp.zeros((), jnp.int32), params, exp.tx.init(params))
+
+
+# Several seeds in one program (config.train.num_seeds = S > 1): the replicas'
+# params and optimiser moments are stacked on a leading axis of size S and the
+# train step is `jax.vmap`ped over it. The step number and the optimiser's step
+# counters are the same for every replica (they advance on every step, see
+# make_train_step), so they stay unstacked scalars: the counter-dependent
+# arithmetic (Adam's bias correction, schedules, KL warm-up) is then the same
+# scalar code as in a single run. Batched, XLA rewrites `m / broadcast(1 - b^t)`
+# as a multiplication by the reciprocal, one rounding away from a single run.
+
+def is_counter(leaf) -> bool:
+  """Optimiser step counters: the integer scalars of an optax state."""
+  shape, dtype = getattr(leaf, 'shape', None), getattr(leaf, 'dtype', None)
+  return shape == () and dtype is not None and jnp.issubdtype(dtype, jnp.integer)
+
+
+def replica_axes(state: TrainState) -> TrainState:
+  """`jax.vmap` axes of a stacked state: 0 for per-replica leaves, None for shared."""
+  return TrainState(
+      step=None, params=jax.tree.map(lambda _: 0, state.params),
+      opt_state=jax.tree.map(lambda x: None if is_counter(x) else 0, state.opt_state))
+
+
+def stack_states(states: list) -> TrainState:
+  """Single-run states of the replicas (all at one step) -> one stacked state."""
+  def stack(*leaves):
+    if is_counter(leaves[0]):
+      if len({int(x) for x in leaves}) != 1:
+        raise ValueError(f'replicas disagree on an optimiser counter: {leaves}')
+      return leaves[0]
+    return jnp.stack(leaves)
+  steps = {int(s.step) for s in states}
+  if len(steps) != 1:
+    raise ValueError(f'replicas are at different steps: {sorted(steps)}')
+  stacked = jax.tree.map(stack, *[s.to_dict() for s in states])
+  return TrainState(**stacked)
+
+
+def replica_state(state: TrainState, i: int) -> TrainState:
+  """Replica i of a stacked state, as the state of a single run."""
+  def take(x):
+    return x if is_counter(x) else x[i]
+  return TrainState(state.step, jax.tree.map(take, state.params),
+                    jax.tree.map(take, state.opt_state))
+
+
+def step_compiler_options() -> dict:
+  """XLA options of the train step: on CPU, reductions outside YNNPACK fusions.
+
+  XLA:CPU hands some reductions (e.g. a bias gradient, a sum over the batch) to
+  YNNPACK when they carry a leading replica axis and emits them itself when
+  they do not; the two sum in different orders, so vmapped seeds would drift
+  from single runs by an ulp per step. Keeping YNNPACK to dots and
+  convolutions gives both programs the same reductions (`tests/test_seeds.py`).
+  """
+  if jax.default_backend() != 'cpu':
+    return {}
+  return {'xla_cpu_experimental_ynn_fusion_type':
+          'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION'}
 
 
 def scan_unroll(config):
@@ -106,13 +171,19 @@ def scan_unroll(config):
 
 
 def make_train_step(exp: Experiment):
-  """(state, train_images, indices [S, B], key) -> (state, per-step metrics [S]).
+  """(state, train_images, indices [T, B], key) -> (state, per-step metrics [T]).
 
-  Runs S steps in one `lax.scan`. The key of step s is fold_in(key, s), split
+  Runs T steps in one `lax.scan`. The key of step s is fold_in(key, s), split
   into the binarisation draw and the reparameterisation draw, so a step's
   randomness does not depend on how steps are grouped into calls. A step whose
-  loss or gradient is not finite leaves params and optimiser state unchanged
-  and reports `finite = 0`; the loop decides what to do about it.
+  loss or gradient is not finite leaves params and optimiser moments unchanged
+  and reports `finite = 0`; the loop decides what to do about it. The
+  optimiser's step counters advance on every step, applied or skipped, so the
+  learning-rate schedule and bias correction follow the step number.
+
+  With train.num_seeds = S > 1 the state is stacked (`stack_states`), indices
+  are [S, T, B] (each replica's own data order), keys are [S] and metrics
+  [S, T]: the same step, `jax.vmap`ped over the replicas.
   """
   c = exp.config
   loss_fn = objectives.make_loss_fn(
@@ -129,19 +200,28 @@ def make_train_step(exp: Experiment):
       (loss, metrics), grads = grad_fn(state.params, x, sample_key, state.step)
       finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
 
-      def apply(operands):
-        params, opt_state = operands
-        updates, opt_state = exp.tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
+      updates, new_opt_state = exp.tx.update(grads, state.opt_state, state.params)
+      new_params = optax.apply_updates(state.params, updates)
 
-      params, opt_state = jax.lax.cond(
-          finite, apply, lambda operands: operands, (state.params, state.opt_state))
+      # A select, not a lax.cond: vmapped over replicas a cond becomes a select
+      # anyway, and XLA simplifies the update's arithmetic differently inside a
+      # cond branch than outside one; one form keeps replicas equal to single
+      # runs bit for bit. Counters advance on every step (see is_counter).
+      def keep_if_finite(old, new):
+        return old + 1 if is_counter(old) else jnp.where(finite, new, old)
+
+      params = jax.tree.map(keep_if_finite, state.params, new_params)
+      opt_state = jax.tree.map(keep_if_finite, state.opt_state, new_opt_state)
       metrics = dict(metrics, finite=finite.astype(jnp.float32))
       return TrainState(state.step + 1, params, opt_state), metrics
 
     return jax.lax.scan(one_step, state, indices, unroll=scan_unroll(exp.config))
 
-  return jax.jit(train_step, donate_argnums=(0,))
+  step_fn = train_step
+  if len(exp.seeds) > 1:
+    axes = replica_axes(jax.eval_shape(lambda: init_state(exp)))
+    step_fn = jax.vmap(train_step, in_axes=(axes, None, 0, 0), out_axes=(axes, 0))
+  return jax.jit(step_fn, donate_argnums=(0,), compiler_options=step_compiler_options())
 
 
 class _Preemption:
@@ -175,20 +255,54 @@ def _mean_metrics(chunks):
   return means, finite
 
 
-def _nonfinite_check(finite, first_step, config, run_so_far):
-  """Returns the updated run of consecutive non-finite steps; raises when it must stop."""
+def _nonfinite_check(finite, first_step, config, run_so_far, where=''):
+  """Returns the updated run of consecutive non-finite steps; raises when it must stop.
+
+  `where` (e.g. ' (seed 3)') names the replica in the message.
+  """
   for offset, ok in enumerate(finite):
     run_so_far = 0 if ok else run_so_far + 1
     if not ok and config.train.nan_policy == 'stop':
       raise NonFiniteError(
-          f'non-finite loss or gradient at step {first_step + offset}; stopping '
+          f'non-finite loss or gradient at step {first_step + offset}{where}; stopping '
           '(the update was not applied; the last checkpoint is intact). Set '
           '--config.train.nan_policy=skip to skip such steps instead.')
     if run_so_far >= config.train.max_consecutive_nonfinite:
       raise NonFiniteError(
-          f'{run_so_far} non-finite steps in a row, the last at step {first_step + offset} '
+          f'{run_so_far} non-finite steps in a row{where}, the last at step {first_step + offset} '
           f'(train.max_consecutive_nonfinite={config.train.max_consecutive_nonfinite}); stopping.')
   return run_so_far
+
+
+@dataclasses.dataclass
+class Replica:
+  """One seed's run: its keys, held-out images, and where its files go.
+
+  A single run has one replica living in the workdir itself; with
+  train.num_seeds = S > 1 replica i lives in DIR/seed_<seed + i>, a complete
+  single-run workdir (config.json with that seed and num_seeds = 1,
+  checkpoints, metrics, images), so evaluate_workdir, generate, the aggregator,
+  and even `main` resuming it alone, treat it like any other run.
+  """
+  seed: int
+  workdir: str
+  keys: dict
+  eval_images: np.ndarray
+  ckpt: checkpoint.Checkpointer
+  writer: vlog.MetricWriter
+  last_saved_step: int | None = None
+
+
+def replica_config(config, seed):
+  """The single-run config that replica `seed` of a multi-seed run reproduces."""
+  single = ml_collections.ConfigDict(config.to_dict())
+  single.seed = seed
+  single.train.num_seeds = 1
+  return single
+
+
+def replica_workdir(workdir, seed):
+  return os.path.join(workdir, f'seed_{seed}')
 
 
 class Trainer:
@@ -200,97 +314,221 @@ class Trainer:
     self.exp = build_experiment(config)
     self.mesh = sharding.make_mesh()
     self.main = sharding.is_main_process()
-    self.ckpt = checkpoint.Checkpointer(
-        os.path.join(workdir, 'checkpoints'), max_to_keep=config.train.max_checkpoints_to_keep)
+    self.multi = len(self.exp.seeds) > 1
+    self.replicas = [self._replica(seed) for seed in self.exp.seeds]
     self.train_images = sharding.put_replicated(self.exp.dataset.train, self.mesh)
-    self.eval_images = data.fixed_eval_images(self.exp.dataset, config.seed)
+    keys = [r.keys['train'] for r in self.replicas]
+    self.train_keys = jnp.stack(keys) if self.multi else keys[0]
     self.step_fn = make_train_step(self.exp)
-    self.last_saved_step = None
-    self.writer = vlog.MetricWriter(
-        workdir, enabled=self.main, tensorboard=config.logging.tensorboard)
+
+  def _replica(self, seed):
+    c = self.config
+    workdir = self.workdir
+    if self.multi:
+      workdir = workdir_lib.prepare(replica_workdir(self.workdir, seed))
+      workdir_lib.check_resume(workdir, replica_config(c, seed))
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'),
+                                   max_to_keep=c.train.max_checkpoints_to_keep)
+    writer = vlog.MetricWriter(workdir, enabled=self.main, tensorboard=c.logging.tensorboard)
+    return Replica(seed, workdir, root_keys(seed),
+                   data.fixed_eval_images(self.exp.dataset, seed), ckpt, writer)
+
+  # The first replica's pieces, under the names a single run has always had.
+  @property
+  def ckpt(self):
+    return self.replicas[0].ckpt
+
+  @property
+  def writer(self):
+    return self.replicas[0].writer
+
+  @property
+  def eval_images(self):
+    return self.replicas[0].eval_images
+
+  def write_configs(self):
+    """config.json and versions.json of the run and of each replica (process 0)."""
+    if not self.main:
+      return
+    workdir_lib.write_json(os.path.join(self.workdir, workdir_lib.CONFIG_FILE),
+                           self.config.to_dict())
+    workdir_lib.record_versions(self.workdir)
+    if self.multi:
+      for r in self.replicas:
+        workdir_lib.write_json(os.path.join(r.workdir, workdir_lib.CONFIG_FILE),
+                               replica_config(self.config, r.seed).to_dict())
+        workdir_lib.record_versions(r.workdir)
 
   def initial_state(self):
-    state = sharding.put_replicated(init_state(self.exp), self.mesh)
-    restored = self.ckpt.restore_latest_valid(state.to_dict())
-    if restored is None:
-      return state
-    step, tree, _ = restored
-    self.last_saved_step = step
-    vlog.info(f'Resumed from {self.ckpt.directory} at step {step}.')
-    return TrainState(**tree)
+    """Each replica's latest restorable checkpoint (the newest step they share)."""
+    states = [init_state(self.exp, r.seed) for r in self.replicas]
+    targets = [sharding.put_replicated(s, self.mesh) for s in states]
+    restored = _restore_common_step(self.replicas, targets)
+    if restored is not None:
+      step, targets = restored
+      for r in self.replicas:
+        r.last_saved_step = step
+      where = self.workdir if self.multi else self.ckpt.directory
+      vlog.info(f'Resumed from {where} at step {step}.')
+    if not self.multi:
+      return targets[0]
+    return sharding.put_replicated(stack_states(targets), self.mesh)
 
   def run_call(self, state, step, num):
     c = self.config.train
-    indices = data.batch_indices_for_steps(
-        self.config.seed, step, num, c.batch_size, self.exp.dataset.num_train)
-    indices = sharding.put_batch(indices, self.mesh, batch_axis=1)
-    return self.step_fn(state, self.train_images, indices, self.exp.keys['train'])
+    indices = [data.batch_indices_for_steps(seed, step, num, c.batch_size,
+                                            self.exp.dataset.num_train)
+               for seed in self.exp.seeds]
+    if self.multi:
+      indices = sharding.put_batch(np.stack(indices), self.mesh, batch_axis=2)
+    else:
+      indices = sharding.put_batch(indices[0], self.mesh, batch_axis=1)
+    return self.step_fn(state, self.train_images, indices, self.train_keys)
+
+  def replica_states(self, state):
+    """[(replica, its single-run state)] for a single or a stacked state."""
+    if not self.multi:
+      return [(self.replicas[0], state)]
+    return [(r, replica_state(state, i)) for i, r in enumerate(self.replicas)]
 
   def save(self, state, step, force=False):
-    if step != self.last_saved_step:
-      self.ckpt.save(step, state.to_dict(), metadata={'step': step}, force=force)
-      self.last_saved_step = step
+    for r, s in self.replica_states(state):
+      if step != r.last_saved_step:
+        r.ckpt.save(step, s.to_dict(), metadata={'step': step}, force=force)
+        r.last_saved_step = step
+
+  def wait_for_saves(self):
+    for r in self.replicas:
+      r.ckpt.wait_until_finished()
+
+  def close(self):
+    """Waits for the last saves (raising if one failed), then closes the logs."""
+    try:
+      for r in self.replicas:
+        r.ckpt.close()
+    finally:
+      for r in self.replicas:
+        r.writer.close()
 
   def evaluate(self, params, step):
-    metrics = evaluate.evaluate_elbo(
-        self.exp.model, params, self.eval_images, self.exp.keys['eval'],
-        batch_size=self.config.eval.batch_size)
-    self.writer.write(step, 'eval', metrics)
-    terms = ', '.join(f'{k} {v:.2f}' for k, v in metrics.items() if np.ndim(v) == 0)
-    vlog.info(f'eval at step {step} ({self.config.data.eval_split}): {terms}')
-    return metrics
+    """Held-out ELBO of every replica, logged per replica; returns a list of dicts."""
+    results = []
+    for r, s in self.replica_states(TrainState(step, params, ())):
+      metrics = evaluate.evaluate_elbo(self.exp.model, s.params, r.eval_images,
+                                       r.keys['eval'], batch_size=self.config.eval.batch_size)
+      r.writer.write(step, 'eval', metrics)
+      results.append(metrics)
+    vlog.info(f'eval at step {step} ({self.config.data.eval_split}'
+              f'{_seeds_note(len(results))}): {_summary(results)}')
+    return results
 
   def save_images(self, params, step):
     if not self.main:
       return
     model, s = self.exp.model, self.config.sampling
-    samples = sampling.prior_samples(
-        model, params, self.exp.keys['sample'], s.num_samples, s.temperature)
-    x = self.eval_images[:s.num_reconstructions]
-    pairs = sampling.side_by_side(x, sampling.reconstructions(model, params, x))
-    for name, images, columns in (('samples', samples, None), ('reconstructions', pairs, 16)):
-      grid = vlog.image_grid(np.asarray(images), columns=columns)
-      vlog.save_png(os.path.join(self.workdir, f'{name}.png'), grid)
-      self.writer.write_image(step, name, grid)
+    for r, rs in self.replica_states(TrainState(step, params, ())):
+      samples = sampling.prior_samples(model, rs.params, r.keys['sample'], s.num_samples,
+                                       s.temperature)
+      x = r.eval_images[:s.num_reconstructions]
+      pairs = sampling.side_by_side(x, sampling.reconstructions(model, rs.params, x))
+      for name, images, columns in (('samples', samples, None), ('reconstructions', pairs, 16)):
+        grid = vlog.image_grid(np.asarray(images), columns=columns)
+        vlog.save_png(os.path.join(r.workdir, f'{name}.png'), grid)
+        r.writer.write_image(step, name, grid)
+
+
+def _seeds_note(num):
+  return f', mean \u00b1 std of {num} seeds' if num > 1 else ''
+
+
+def _summary(results):
+  """'elbo -105.20, recon ...' of one run, or 'elbo -105.20 ± 0.31, ...' of several."""
+  terms = []
+  for name in results[0]:
+    values = [float(m[name]) for m in results if np.ndim(m[name]) == 0]
+    if len(values) != len(results):
+      continue
+    if len(values) == 1:
+      terms.append(f'{name} {values[0]:.2f}')
+    else:
+      terms.append(f'{name} {np.mean(values):.2f} \u00b1 {np.std(values):.2f}')
+  return ', '.join(terms)
+
+
+def _restore_common_step(replicas, targets):
+  """(step, restored states) at the newest step every replica can restore, or None.
+
+  One replica: its latest readable step (unreadable ones are set aside). Several:
+  a run stopped between two replicas' saves may leave the last step in only
+  some of them; the newest step all of them hold is restored, each replica's
+  unreadable steps set aside as for a single run.
+  """
+  if len(replicas) == 1:
+    restored = replicas[0].ckpt.restore_latest_valid(targets[0].to_dict())
+    if restored is None:
+      return None
+    step, tree, _ = restored
+    return step, [TrainState(**tree)]
+  held = [set(r.ckpt.all_steps()) for r in replicas]
+  if not any(held):
+    return None
+  while True:
+    common = set.intersection(*held)
+    if not common:
+      raise checkpoint.CheckpointError(
+          'the replicas hold no checkpoint step in common: ' + '; '.join(
+              f'{r.ckpt.directory}: {sorted(h)}' for r, h in zip(replicas, held)))
+    step = max(common)
+    states = []
+    for r, h, target in zip(replicas, held, targets):
+      try:
+        _, tree, _ = r.ckpt.restore(target.to_dict(), step)
+      except checkpoint.CorruptCheckpointError as e:
+        logging.warning('%s; setting it aside.', e)
+        r.ckpt.set_aside(step)
+        h.discard(step)
+        break
+      states.append(TrainState(**tree))
+    else:
+      return step, states
 
 
 def train_and_evaluate(config, workdir) -> dict:
   """Trains (or resumes) the run described by `config` in `workdir`.
 
-  Returns the final evaluation metrics. Raises config.ConfigError,
-  workdir.WorkdirError, data.DatasetError, checkpoint.CheckpointError or
-  NonFiniteError with a message naming the field, file or step.
+  Returns the final evaluation metrics (with train.num_seeds > 1: their means
+  over the replicas, and each replica's under 'per_seed'). Raises
+  config.ConfigError, workdir.WorkdirError, data.DatasetError,
+  checkpoint.CheckpointError or NonFiniteError with a message naming the field,
+  file or step.
   """
   config_lib.validate(config)
   workdir = workdir_lib.prepare(workdir)
   workdir_lib.check_resume(workdir, config)
   trainer = Trainer(config, workdir)
-  if trainer.main:
-    workdir_lib.write_json(os.path.join(workdir, workdir_lib.CONFIG_FILE), config.to_dict())
-    workdir_lib.record_versions(workdir)
+  trainer.write_configs()
   try:
     state = _train_loop(trainer)
     if state is None:  # Preempted: checkpoint saved, nothing else to do.
       return {}
     return _final_evaluation(trainer, state)
   finally:
-    try:
-      trainer.ckpt.close()  # Waits for the last save; raises if it failed.
-    finally:
-      trainer.writer.close()
+    trainer.close()
 
 
 def _train_loop(trainer: Trainer):
   config, exp = trainer.config, trainer.exp
   c = config.train
+  num_steps = exp.num_steps
   state = trainer.initial_state()
   step = int(sharding.to_host(state.step))
-  num_steps = exp.num_steps
+  seeds = f'{len(exp.seeds)} seeds vmapped, ' if trainer.multi else ''
   vlog.info(f'Training {config.model.architecture} VAE on {config.data.name}: '
-            f'{models.count_params(state.params):,} params, {num_steps} steps '
-            f'({exp.steps_per_epoch} per epoch), batch {c.batch_size}, '
-            f'{jax.device_count()} device(s), from step {step}.')
-  pending, first_pending, nonfinite_run = [], step, 0
+            f'{models.count_params(trainer.replica_states(state)[0][1].params):,} params, '
+            f'{seeds}{num_steps} steps ({exp.steps_per_epoch} per epoch), batch '
+            f'{c.batch_size}, {jax.device_count()} device(s), from step {step}.')
+  pending, first_pending = [], step
+  nonfinite_runs = [0] * len(exp.seeds)
   last_time, last_step = time.perf_counter(), step
   with _Preemption() as preemption:
     while step < num_steps:
@@ -301,48 +539,87 @@ def _train_loop(trainer: Trainer):
       log_now = step % c.log_every_steps == 0 or step == num_steps
       save_now = step % c.checkpoint_every_steps == 0 or preemption.requested
       if log_now or save_now:
-        means, finite = _mean_metrics(sharding.to_host(pending))
-        nonfinite_run = _nonfinite_check(finite, first_pending, config, nonfinite_run)
+        per_replica = _per_replica_means(sharding.to_host(pending), len(exp.seeds))
+        for i, (means, finite) in enumerate(per_replica):
+          where = f' (seed {exp.seeds[i]})' if trainer.multi else ''
+          nonfinite_runs[i] = _nonfinite_check(finite, first_pending, config,
+                                               nonfinite_runs[i], where)
         pending, first_pending = [], step
       if log_now:
         now = time.perf_counter()
         rate = (step - last_step) / max(now - last_time, 1e-9)
         last_time, last_step = now, step
-        trainer.writer.write(step, 'train', dict(means, steps_per_sec=rate))
-        vlog.info(vlog.progress_line(step, num_steps, means, rate, c.batch_size))
+        for r, (means, _) in zip(trainer.replicas, per_replica):
+          r.writer.write(step, 'train', dict(means, steps_per_sec=rate))
+        shown = {k: float(np.mean([m[k] for m, _ in per_replica])) for k in per_replica[0][0]}
+        vlog.info(vlog.progress_line(step, num_steps, shown, rate, c.batch_size))
       if step % c.eval_every_steps == 0 and step < num_steps:
         trainer.evaluate(state.params, step)
       if save_now:
         trainer.save(state, step)
       if preemption.requested:
         trainer.save(state, step, force=True)
-        trainer.ckpt.wait_until_finished()
+        trainer.wait_for_saves()
         vlog.info(f'SIGTERM: saved a checkpoint at step {step}; exiting. '
                   'Re-run the same command to resume.')
         return None
   trainer.save(state, step, force=True)
   # Committed before the final evaluation: a failed save stops the run before
   # it reports results, and a run killed during the evaluation keeps its state.
-  trainer.ckpt.wait_until_finished()
+  trainer.wait_for_saves()
   return state
+
+
+def _per_replica_means(chunks, num_replicas):
+  """Per-step metrics of several calls ([T] or [S, T] each) -> per replica (means, finite)."""
+  if num_replicas == 1:
+    return [_mean_metrics(chunks)]
+  return [_mean_metrics([{k: np.asarray(v)[i] for k, v in c.items()} for c in chunks])
+          for i in range(num_replicas)]
 
 
 def _final_evaluation(trainer: Trainer, state) -> dict:
   config, exp = trainer.config, trainer.exp
   step = int(sharding.to_host(state.step))
-  metrics = trainer.evaluate(state.params, step)
-  if config.eval.num_importance_samples:
-    ll = evaluate.evaluate_log_likelihood(
-        exp.model, state.params, trainer.eval_images, exp.keys['eval'],
-        num_samples=config.eval.num_importance_samples,
-        batch_size=config.eval.importance_batch_size,
-        chunk_size=config.eval.importance_chunk_size)
-    trainer.writer.write(step, 'eval', ll)
-    metrics.update(ll)
+  results = trainer.evaluate(state.params, step)
+  for (r, rs), metrics in zip(trainer.replica_states(state), results):
+    if config.eval.num_importance_samples:
+      ll = evaluate.evaluate_log_likelihood(
+          exp.model, rs.params, r.eval_images, r.keys['eval'],
+          num_samples=config.eval.num_importance_samples,
+          batch_size=config.eval.importance_batch_size,
+          chunk_size=config.eval.importance_chunk_size)
+      r.writer.write(step, 'eval', ll)
+      metrics.update(ll)
+    if trainer.main:
+      workdir_lib.write_json(os.path.join(r.workdir, 'final_metrics.json'),
+                             dict(metrics, step=step))
   trainer.save_images(state.params, step)
+  images = f'{len(trainer.eval_images)} images, step {step}'
+  if not trainer.multi:
+    metrics = results[0]
+    vlog.info(f'Final held-out ELBO ({config.data.eval_split}, {images}): '
+              f'{metrics["elbo"]:.2f} nats')
+    return metrics
+  summary = _across_seeds(results, exp.seeds)
   if trainer.main:
     workdir_lib.write_json(os.path.join(trainer.workdir, 'final_metrics.json'),
-                           dict(metrics, step=step))
-  vlog.info(f'Final held-out ELBO ({config.data.eval_split}, {len(trainer.eval_images)} '
-            f'images, step {step}): {metrics["elbo"]:.2f} nats')
-  return metrics
+                           dict(summary, step=step))
+  elbos = [m['elbo'] for m in results]
+  vlog.info(f'Final held-out ELBO ({config.data.eval_split}, {images}), '
+            f'{len(elbos)} seeds: {np.mean(elbos):.2f} \u00b1 {np.std(elbos):.2f} nats '
+            f'(per seed: {", ".join(f"{e:.2f}" for e in elbos)})')
+  return summary
+
+
+def _across_seeds(results, seeds) -> dict:
+  """Means of each scalar metric over the replicas, '<name>_std', and 'per_seed'."""
+  summary = {}
+  for name in results[0]:
+    values = [m[name] for m in results]
+    if all(np.ndim(v) == 0 for v in values):
+      summary[name] = float(np.mean(values))
+      summary[f'{name}_std'] = float(np.std(values))
+  summary['per_seed'] = {str(seed): {k: v for k, v in m.items() if np.ndim(v) == 0}
+                         for seed, m in zip(seeds, results)}
+  return summary

@@ -1,0 +1,194 @@
+"""Several seeds in one program (config.train.num_seeds): replica i is the run with seed i.
+
+The claim under test is exact: a replica's checkpoints, metrics and final
+numbers are bit-identical to those of a single run with its seed, so a study
+may train its seeds vmapped and still rerun any one of them alone.
+"""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vae_jax import config as config_lib
+from vae_jax import logging as vlog
+from vae_jax import sweep
+from vae_jax import train
+from vae_jax import workdir as workdir_lib
+
+from test_train import assert_trees_equal
+from test_train import poison_loss
+from test_train import restored_state
+from test_train import tiny_config
+
+SEEDS = (3, 4, 5)
+
+
+def seeds_config(**overrides):
+  c = tiny_config(**overrides)
+  c.seed = SEEDS[0]
+  c.train.num_seeds = len(SEEDS)
+  c.logging.tensorboard = False
+  return c
+
+
+@pytest.fixture(scope='module')
+def vmapped(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('vmapped'))
+  config = seeds_config()
+  return workdir, config, train.train_and_evaluate(config, workdir)
+
+
+@pytest.fixture(scope='module')
+def single(tmp_path_factory):
+  """The single run with the middle seed, in its own workdir."""
+  workdir = str(tmp_path_factory.mktemp('single'))
+  config = train.replica_config(seeds_config(), SEEDS[1])
+  return workdir, config, train.train_and_evaluate(config, workdir)
+
+
+def test_each_replica_has_a_complete_workdir(vmapped):
+  workdir, config, metrics = vmapped
+  for seed in SEEDS:
+    replica = train.replica_workdir(workdir, seed)
+    for name in ('config.json', 'versions.json', 'metrics.jsonl', 'samples.png',
+                 'reconstructions.png', 'final_metrics.json', 'checkpoints'):
+      assert os.path.exists(os.path.join(replica, name)), (seed, name)
+    saved = workdir_lib.load_config(replica)
+    assert saved.seed == seed and saved.train.num_seeds == 1
+    assert [r['step'] for r in vlog.read_metrics(replica, 'train')] == [10, 20, 30, 40]
+  assert workdir_lib.load_config(workdir).train.num_seeds == len(SEEDS)
+  # The run's own summary: means over the seeds and each seed's numbers.
+  with open(os.path.join(workdir, 'final_metrics.json')) as f:
+    summary = json.load(f)
+  per_seed = [summary['per_seed'][str(s)]['elbo'] for s in SEEDS]
+  assert summary['elbo'] == pytest.approx(np.mean(per_seed))
+  assert summary['elbo_std'] == pytest.approx(np.std(per_seed))
+  assert metrics['elbo'] == pytest.approx(summary['elbo'])
+  assert len(set(per_seed)) == len(SEEDS)  # Different seeds, different runs.
+
+
+def test_replica_is_bit_identical_to_the_single_run_with_its_seed(vmapped, single):
+  workdir, config, _ = vmapped
+  single_dir, single_config, single_metrics = single
+  replica = train.replica_workdir(workdir, SEEDS[1])
+  for step in (20, 40):
+    _, got, _ = restored_state(replica, single_config, step)
+    _, want, _ = restored_state(single_dir, single_config, step)
+    assert_trees_equal(got, want)
+  # Every logged number too (wall-clock fields aside).
+  def logged(d):
+    return [{k: v for k, v in r.items() if k not in ('time', 'steps_per_sec')}
+            for r in vlog.read_metrics(d)]
+  assert logged(replica) == logged(single_dir)
+  with open(os.path.join(replica, 'final_metrics.json')) as f:
+    assert json.load(f) == dict(single_metrics, step=40)
+
+
+def test_interrupted_vmapped_run_resumes_bit_identically(vmapped, tmp_path):
+  workdir, _, _ = vmapped
+  resumed = str(tmp_path)
+  train.train_and_evaluate(seeds_config(train__num_steps=20), resumed)
+  train.train_and_evaluate(seeds_config(), resumed)  # num_steps may change on resume.
+  config = train.replica_config(seeds_config(), SEEDS[0])
+  for seed in SEEDS:
+    _, got, _ = restored_state(train.replica_workdir(resumed, seed), config, 40)
+    _, want, _ = restored_state(train.replica_workdir(workdir, seed), config, 40)
+    assert_trees_equal(got, want)
+
+
+def test_a_replica_missing_the_newest_step_resumes_all_from_the_common_one(tmp_path):
+  workdir = str(tmp_path)
+  train.train_and_evaluate(seeds_config(train__num_steps=40), workdir)
+  # As if the run died after one replica saved step 40 and before the others did.
+  for seed in SEEDS[1:]:
+    checkpoints = os.path.join(train.replica_workdir(workdir, seed), 'checkpoints')
+    os.rename(os.path.join(checkpoints, '40'), os.path.join(str(tmp_path), f'gone_{seed}'))
+  trainer = train.Trainer(seeds_config(), workdir)
+  try:
+    state = trainer.initial_state()
+  finally:
+    trainer.close()
+  assert int(state.step) == 20
+  leaf = jax.tree.leaves(state.params)[0]
+  assert leaf.shape[0] == len(SEEDS)
+
+
+def test_a_replica_dir_resumes_as_a_single_run(vmapped, single, tmp_path):
+  """DIR/seed_<s> continued alone is the single run with seed s continued."""
+  workdir, _, _ = vmapped
+  single_dir, _, _ = single
+  copies = []
+  for name, source in (('replica', train.replica_workdir(workdir, SEEDS[1])),
+                       ('single', single_dir)):
+    copy = str(tmp_path / name)
+    os.system(f'cp -r {source} {copy}')
+    config = train.replica_config(seeds_config(train__num_steps=60), SEEDS[1])
+    train.train_and_evaluate(config, copy)
+    copies.append(restored_state(copy, config, 60)[1])
+  assert_trees_equal(*copies)
+
+
+@pytest.mark.parametrize('name,schedule', [('adam', 'constant'), ('adamw', 'cosine'),
+                                           ('sgd', 'warmup_cosine'), ('adagrad', 'burda')])
+def test_optimizer_counters_follow_the_step_even_over_skipped_steps(name, schedule, monkeypatch):
+  """The counters stay shared by all replicas only if every one advances once per step."""
+  c = tiny_config(optimizer__name=name, optimizer__schedule=schedule,
+                  optimizer__warmup_steps=3, optimizer__weight_decay=1e-4,
+                  optimizer__grad_clip_norm=10.0, train__nan_policy='skip')
+  poison_loss(monkeypatch, lambda step: step == 0)  # Step 0 is skipped.
+  exp = train.build_experiment(c)
+  state = train.init_state(exp)
+  counters = [x for x in jax.tree.leaves(state.opt_state) if train.is_counter(x)]
+  assert counters  # Every optimiser here counts steps somewhere.
+  assert not [x for x in jax.tree.leaves(state.opt_state)
+              if jnp.issubdtype(x.dtype, jnp.integer) and not train.is_counter(x)]
+  images = exp.dataset.train
+  indices = np.stack([np.arange(50), np.arange(50, 100), np.arange(100, 150)])
+  state, metrics = train.make_train_step(exp)(state, jnp.asarray(images), indices,
+                                              exp.keys['train'])
+  assert metrics['finite'].tolist() == [0.0, 1.0, 1.0]
+  for counter in (x for x in jax.tree.leaves(state.opt_state) if train.is_counter(x)):
+    assert int(counter) == 3
+
+
+def test_stack_and_unstack_round_trip():
+  exp = train.build_experiment(tiny_config())
+  states = [train.init_state(exp, seed) for seed in SEEDS]
+  stacked = train.stack_states(states)
+  for i, state in enumerate(states):
+    assert_trees_equal(train.replica_state(stacked, i).to_dict(), state.to_dict())
+  with pytest.raises(ValueError, match='different steps'):
+    train.stack_states([states[0], states[1].replace(step=states[1].step + 1)])
+
+
+def test_num_seeds_is_validated():
+  c = seeds_config()
+  c.train.num_seeds = 0
+  with pytest.raises(config_lib.ConfigError, match='train.num_seeds'):
+    config_lib.validate(c)
+
+
+def test_changing_num_seeds_on_resume_is_refused(tmp_path):
+  workdir = str(tmp_path)
+  train.train_and_evaluate(seeds_config(train__num_steps=20), workdir)
+  c = seeds_config(train__num_steps=20)
+  c.train.num_seeds = 2
+  with pytest.raises(workdir_lib.WorkdirError, match='train.num_seeds'):
+    train.train_and_evaluate(c, workdir)
+
+
+def test_sweep_aggregation_gives_one_row_per_replica(vmapped, tmp_path):
+  workdir, _, metrics = vmapped
+  os.symlink(workdir, tmp_path / 'lr=0.001')
+  sweep.write_status(str(tmp_path), {'lr=0.001': {'overrides': {'optimizer.learning_rate': 1e-3}}})
+  rows = sweep.collect(str(tmp_path))
+  assert [r['point'] for r in rows] == [f'lr=0.001/seed_{s}' for s in SEEDS]
+  assert [r['seed'] for r in rows] == list(SEEDS)
+  assert [r['final_elbo'] for r in rows] == [metrics['per_seed'][str(s)]['elbo'] for s in SEEDS]
+  [group] = sweep.group_over_seeds(rows, ['final_elbo'])
+  assert group['num_seeds'] == len(SEEDS)
+  assert group['final_elbo_mean'] == pytest.approx(metrics['elbo'])

@@ -2,6 +2,11 @@
 
 Any config field can be overridden, e.g. --config.model.latent_dim=50; a field
 that does not exist is an error. Re-running on the same workdir resumes.
+
+A run of several processes (a TPU pod slice, several GPU hosts) runs this same
+command in every process; SLURM, Open MPI and Cloud TPU VMs are detected, other
+launchers pass --coordinator_address, --num_processes and --process_id (see the
+README's Devices section).
 """
 
 import os
@@ -15,6 +20,8 @@ from ml_collections import config_flags
 from vae_jax import checkpoint
 from vae_jax import config as config_lib
 from vae_jax import data
+from vae_jax import logging as vlog
+from vae_jax import sharding
 from vae_jax import train
 from vae_jax import workdir as workdir_lib
 
@@ -22,10 +29,11 @@ _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Path to a config file (configs/*.py).', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs and images.')
 flags.mark_flags_as_required(['config', 'workdir'])
+sharding.define_flags()
 
 # Failures the user can fix: one clear line, no traceback.
 USER_ERRORS = (config_lib.ConfigError, workdir_lib.WorkdirError, data.DatasetError,
-               checkpoint.CheckpointError, train.NonFiniteError)
+               checkpoint.CheckpointError, train.NonFiniteError, sharding.DistributedError)
 
 
 def main(argv):
@@ -35,6 +43,9 @@ def main(argv):
     # orbax logs every save at INFO; keep the console to our progress lines.
     logging.set_verbosity(logging.WARNING)
   try:
+    # Before anything touches a device: the runtime decides which devices exist.
+    if sharding.initialize_from_flags():
+      vlog.info(f'Multi-process run: {sharding.describe()}.')
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except USER_ERRORS as e:
     print(f'error: {e}', file=sys.stderr, flush=True)

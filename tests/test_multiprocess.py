@@ -10,6 +10,7 @@ full pipe would stall its peers in their next collective.
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -116,6 +117,14 @@ class Run:
       assert proc.returncode == 0, f'process {i} exited {proc.returncode}:\n{self.output(i)[-4000:]}'
     return [self.output(i) for i in range(len(self.procs))]
 
+  def wait_for_training(self, timeout=240):
+    """Returns once process 0 has logged a training step; asserts all are alive."""
+    deadline = time.monotonic() + timeout
+    while not re.search(r'^step \d+/', self.output(0), re.MULTILINE):
+      assert all(p.poll() is None for p in self.procs), self.output(0) + self.output(1)
+      assert time.monotonic() < deadline, self.output(0)
+      time.sleep(0.1)
+
   def kill(self):
     for proc in self.procs:
       if proc.poll() is None:
@@ -185,11 +194,7 @@ def test_checkpoint_of_eight_devices_resumes_on_two_processes(one_process, tmp_p
 def test_a_killed_process_makes_the_other_exit_with_an_error_in_bounded_time(tmp_path, victim):
   run = Run(tmp_path / 'run', 10_000_000, 2, 1, f'--peer_timeout_s={PEER_TIMEOUT_S}')
   try:
-    deadline = time.monotonic() + 240
-    while 'step ' not in run.output(0):  # Training is under way in both processes.
-      assert all(p.poll() is None for p in run.procs), run.output(0) + run.output(1)
-      assert time.monotonic() < deadline, run.output(0)
-      time.sleep(0.1)
+    run.wait_for_training()
     run.procs[victim].send_signal(signal.SIGKILL)
     killed = time.monotonic()
     survivor = run.procs[1 - victim]

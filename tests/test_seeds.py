@@ -15,6 +15,7 @@ import pytest
 
 from vae_jax import config as config_lib
 from vae_jax import logging as vlog
+from vae_jax import objectives
 from vae_jax import sweep
 from vae_jax import train
 from vae_jax import workdir as workdir_lib
@@ -192,3 +193,59 @@ def test_sweep_aggregation_gives_one_row_per_replica(vmapped, tmp_path):
   [group] = sweep.group_over_seeds(rows, ['final_elbo'])
   assert group['num_seeds'] == len(SEEDS)
   assert group['final_elbo_mean'] == pytest.approx(metrics['elbo'])
+
+
+def test_a_replica_stays_bit_identical_when_another_skips_a_step(monkeypatch, tmp_path):
+  """Non-finite steps in some replicas only: the others' updates are unchanged."""
+  def is_bad_step(step, key):
+    # Step 5, in the replicas whose key for it has an even first word.
+    word = jax.random.key_data(jax.random.fold_in(key, 7)).ravel()[0]
+    return (step == 5) & (word % 2 == 0)
+
+  real = objectives.make_loss_fn
+
+  def poisoned(*args, **kwargs):
+    loss_fn = real(*args, **kwargs)
+
+    def loss(params, x, key, step):
+      value, metrics = loss_fn(params, x, key, step)
+      return jnp.where(is_bad_step(step, key), jnp.nan, value), metrics
+    return loss
+
+  monkeypatch.setattr(objectives, 'make_loss_fn', poisoned)
+  overrides = dict(train__nan_policy='skip', train__max_consecutive_nonfinite=20,
+                   train__num_steps=20)
+  vmapped_dir = str(tmp_path / 'vmapped')
+  train.train_and_evaluate(seeds_config(**overrides), vmapped_dir)
+  skipped = []
+  for seed in SEEDS:
+    single_dir = str(tmp_path / f'single_{seed}')
+    config = train.replica_config(seeds_config(**overrides), seed)
+    train.train_and_evaluate(config, single_dir)
+    replica = train.replica_workdir(vmapped_dir, seed)
+    assert_trees_equal(restored_state(replica, config, 20)[1],
+                       restored_state(single_dir, config, 20)[1])
+    [record] = [r for r in vlog.read_metrics(replica, 'train') if r['step'] == 10]
+    skipped.append(record['elbo'])
+  # Not vacuous: some replicas skipped step 5 and others did not (the mean
+  # ELBO over steps 1-10 differs from a clean run's in those that did).
+  clean_dir = str(tmp_path / 'clean')
+  monkeypatch.setattr(objectives, 'make_loss_fn', real)
+  train.train_and_evaluate(seeds_config(train__num_steps=20), clean_dir)
+  clean = [[r for r in vlog.read_metrics(train.replica_workdir(clean_dir, s), 'train')
+            if r['step'] == 10][0]['elbo'] for s in SEEDS]
+  assert 0 < sum(a != b for a, b in zip(skipped, clean)) < len(SEEDS)
+
+
+def test_a_workdir_saved_before_a_field_existed_loads_and_resumes(tmp_path):
+  """Fields added later (train.num_seeds, ...) take their defaults: old runs go on."""
+  workdir = str(tmp_path)
+  train.train_and_evaluate(tiny_config(train__num_steps=20), workdir)
+  path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
+  saved = workdir_lib.read_json(path)
+  del saved['train']['num_seeds'], saved['train']['exact_replicas']
+  workdir_lib.write_json(path, saved)
+  loaded = workdir_lib.load_config(workdir)
+  assert loaded.train.num_seeds == 1 and loaded.train.exact_replicas
+  assert workdir_lib.check_resume(workdir, tiny_config(train__num_steps=40)) == []
+  train.train_and_evaluate(tiny_config(train__num_steps=40), workdir)

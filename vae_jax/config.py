@@ -29,7 +29,7 @@ NAN_POLICIES = ('stop', 'skip')
 RESUMABLE_PREFIXES = (
     'train.num_steps', 'train.num_epochs', 'train.log_every_steps',
     'train.eval_every_steps', 'train.checkpoint_every_steps',
-    'train.max_checkpoints_to_keep', 'eval.', 'sampling.', 'logging.', 'resume.',
+    'train.max_checkpoints_to_keep', 'train.exact_replicas', 'eval.', 'sampling.', 'logging.', 'resume.',
 )
 
 
@@ -94,6 +94,10 @@ def default_config() -> ml_collections.ConfigDict:
   # > 1: that many seeds (config.seed, config.seed + 1, ...) trained at once,
   # vmapped in one program; each replica keeps its own dir DIR/seed_<seed>.
   c.train.num_seeds = 1
+  # On CPU, compile the step so that a vmapped replica is bit-identical to the
+  # one-seed run (see train.step_compiler_options); False is a little faster
+  # at small batches, and replicas then agree with single runs to rounding.
+  c.train.exact_replicas = True
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 500
@@ -214,6 +218,8 @@ def validate(config, num_devices=None):
   _positive(config, 'eval.num_importance_samples', allow_zero=True)
   _check(_number(config, 'sampling.temperature') > 0, 'sampling.temperature', 'must be > 0')
   _choice(config, 'train.nan_policy', NAN_POLICIES)
+  _check(isinstance(config.train.exact_replicas, bool), 'train.exact_replicas',
+         f'expected True or False, got {config.train.exact_replicas!r}')
   per_call = config.train.steps_per_call
   for field in ('train.log_every_steps', 'train.eval_every_steps', 'train.checkpoint_every_steps'):
     _check(_get(config, field) % per_call == 0, field,

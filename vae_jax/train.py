@@ -106,6 +106,9 @@ def init_state(exp: Experiment, seed: int | None = None) -> TrainState:
 # scalar code as in a single run. Batched, XLA rewrites `m / broadcast(1 - b^t)`
 # as a multiplication by the reciprocal, one rounding away from a single run.
 
+SEEDS_AXIS = 'seeds'  # The vmapped replica axis, named for lax.pmin.
+
+
 def is_counter(leaf) -> bool:
   """Optimiser step counters: the integer scalars of an optax state."""
   shape, dtype = getattr(leaf, 'shape', None), getattr(leaf, 'dtype', None)
@@ -142,16 +145,18 @@ def replica_state(state: TrainState, i: int) -> TrainState:
                     jax.tree.map(take, state.opt_state))
 
 
-def step_compiler_options() -> dict:
-  """XLA options of the train step: on CPU, reductions outside YNNPACK fusions.
+def step_compiler_options(config) -> dict:
+  """XLA options of the train step: with train.exact_replicas on CPU, no YNNPACK reductions.
 
-  XLA:CPU hands some reductions (e.g. a bias gradient, a sum over the batch) to
+  XLA:CPU hands some reductions (a bias gradient, a sum over the batch) to
   YNNPACK when they carry a leading replica axis and emits them itself when
   they do not; the two sum in different orders, so vmapped seeds would drift
-  from single runs by an ulp per step. Keeping YNNPACK to dots and
-  convolutions gives both programs the same reductions (`tests/test_seeds.py`).
+  from single runs by an ulp per step. Keeping YNNPACK to matmuls and
+  convolutions gives both programs the same reductions (`tests/test_seeds.py`)
+  at some speed at small batches (README, performance table). Single runs and
+  vmapped ones must agree on the setting to agree bit for bit.
   """
-  if jax.default_backend() != 'cpu':
+  if jax.default_backend() != 'cpu' or not config.train.exact_replicas:
     return {}
   return {'xla_cpu_experimental_ynn_fusion_type':
           'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION'}
@@ -192,6 +197,7 @@ def make_train_step(exp: Experiment):
       num_samples=c.objective.num_samples)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   binarization = exp.dataset.binarization
+  multi = len(exp.seeds) > 1
 
   def train_step(state, images, indices, key):
     def one_step(state, idx):
@@ -200,28 +206,45 @@ def make_train_step(exp: Experiment):
       (loss, metrics), grads = grad_fn(state.params, x, sample_key, state.step)
       finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
 
-      updates, new_opt_state = exp.tx.update(grads, state.opt_state, state.params)
-      new_params = optax.apply_updates(state.params, updates)
+      def apply(operands):
+        params, opt_state = operands
+        updates, new_opt_state = exp.tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), new_opt_state
 
-      # A select, not a lax.cond: vmapped over replicas a cond becomes a select
-      # anyway, and XLA simplifies the update's arithmetic differently inside a
-      # cond branch than outside one; one form keeps replicas equal to single
-      # runs bit for bit. Counters advance on every step (see is_counter).
-      def keep_if_finite(old, new):
-        return old + 1 if is_counter(old) else jnp.where(finite, new, old)
+      def apply_where_finite(operands):
+        new = apply(operands)
+        return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, operands)
 
-      params = jax.tree.map(keep_if_finite, state.params, new_params)
-      opt_state = jax.tree.map(keep_if_finite, state.opt_state, new_opt_state)
+      # Vmapped over replicas, the update runs under a lax.cond on a predicate
+      # they all share (every replica finite), so it stays a cond: with a
+      # per-replica predicate vmap would make it a select of both branches,
+      # and XLA simplifies the update's arithmetic differently there (Adam's
+      # bias correction becomes a multiplication by a reciprocal), one
+      # rounding away from the single run's cond. In the rare step where some
+      # replica is not finite, each one keeps or skips its own update. A
+      # single run skips the whole update: its other branch reads nothing, so
+      # no copy of the state is made for it.
+      if multi:
+        params, opt_state = jax.lax.cond(jax.lax.pmin(finite, SEEDS_AXIS), apply,
+                                         apply_where_finite, (state.params, state.opt_state))
+      else:
+        params, opt_state = jax.lax.cond(finite, apply, lambda operands: operands,
+                                         (state.params, state.opt_state))
+      # Counters advance on every step, applied or skipped (see is_counter).
+      opt_state = jax.tree.map(lambda old, new: old + 1 if is_counter(old) else new,
+                               state.opt_state, opt_state)
       metrics = dict(metrics, finite=finite.astype(jnp.float32))
       return TrainState(state.step + 1, params, opt_state), metrics
 
     return jax.lax.scan(one_step, state, indices, unroll=scan_unroll(exp.config))
 
   step_fn = train_step
-  if len(exp.seeds) > 1:
+  if multi:
     axes = replica_axes(jax.eval_shape(lambda: init_state(exp)))
-    step_fn = jax.vmap(train_step, in_axes=(axes, None, 0, 0), out_axes=(axes, 0))
-  return jax.jit(step_fn, donate_argnums=(0,), compiler_options=step_compiler_options())
+    step_fn = jax.vmap(train_step, in_axes=(axes, None, 0, 0), out_axes=(axes, 0),
+                       axis_name=SEEDS_AXIS)
+  return jax.jit(step_fn, donate_argnums=(0,),
+                 compiler_options=step_compiler_options(exp.config))
 
 
 class _Preemption:

@@ -57,7 +57,7 @@ def load_config(workdir) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     raise WorkdirError(f'{path} not found: is {workdir} a vae_jax workdir?')
-  saved = _read_saved_config(path)
+  saved = _with_defaults(_read_saved_config(path))
   try:
     return ml_collections.ConfigDict(_tuples(saved))
   except (ValueError, TypeError) as e:
@@ -72,6 +72,17 @@ def _read_saved_config(path) -> dict:
   if not isinstance(saved, dict):
     raise WorkdirError(f'{path} holds a {type(saved).__name__}, not a config')
   return saved
+
+
+def _with_defaults(saved: dict) -> dict:
+  """`saved` over default_config(): a field added since the run was saved gets its
+  default, which by design reproduces what the code did before it existed."""
+  def merge(default, value):
+    if isinstance(default, dict) and isinstance(value, dict):
+      return {**default, **{k: merge(default.get(k), v) for k, v in value.items()}}
+    return value
+  defaults = json.loads(json.dumps(config_lib.default_config().to_dict(), default=list))
+  return merge(defaults, saved)
 
 
 def _tuples(tree):
@@ -92,7 +103,8 @@ def check_resume(workdir, config):
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     return []
-  diffs = config_lib.differing_fields(_read_saved_config(path), config.to_dict())
+  diffs = config_lib.differing_fields(_with_defaults(_read_saved_config(path)),
+                                      config.to_dict())
   if diffs and not config.resume.allow_config_change:
     listed = '\n  '.join(diffs)
     raise WorkdirError(

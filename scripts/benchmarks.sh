@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The README's performance table: every row, one benchmark process each, in turn.
+#   TFDS_DATA_DIR=../shared/tensorflow_datasets bash scripts/benchmarks.sh [OUT_DIR]
+# Each run writes OUT_DIR/<row>.json (default benchmarks/) and prints its
+# headline lines; scripts/benchmark_table.py turns the JSON files into the table.
+set -euo pipefail
+out="${1:-benchmarks}"
+mkdir -p "$out"
+run() {
+  local name="$1"; shift
+  echo "== $name: python -m scripts.benchmark $*"
+  python -m scripts.benchmark "$@" --output="$out/$name.json"
+}
+run mlp_b128_spc10 --config=configs/benchmark.py --compare_seeds=8
+run mlp_b128_spc10_inexact --config=configs/benchmark.py --config.train.exact_replicas=False
+run mlp_b128_spc50 --config=configs/benchmark.py --config.train.steps_per_call=50
+run mlp_b1024_spc10 --config=configs/benchmark.py --config.train.batch_size=1024
+run conv_b128_spc10 --config=configs/benchmark.py:conv --ll_num_images=20

@@ -80,10 +80,11 @@ class Run:
     self.procs = []
     for i in range(num_processes):
       args = ['--config=configs/quickstart.py', f'--workdir={workdir}',
-              f'--config.train.num_steps={num_steps}', *FLAGS, *flags]
+              f'--config.train.num_steps={num_steps}', *FLAGS]
       if num_processes > 1:
         args += [f'--coordinator_address=localhost:{port}', f'--num_processes={num_processes}',
                  f'--process_id={i}', f'--peer_timeout_s={TEST_PEER_TIMEOUT_S}']
+      args += flags  # Last: a flag given twice takes its last value.
       if audit:
         command = [sys.executable, '-c', AUDITED_MAIN, str(workdir), str(self.written_file(i))]
       else:
@@ -206,6 +207,7 @@ def test_a_killed_process_makes_the_other_exit_with_an_error_in_bounded_time(tmp
   finally:
     run.kill()
   output = run.output(1 - victim)
+  assert f'a process silent for {PEER_TIMEOUT_S} s will end the run' in output
   assert survivor.returncode not in (None, 0), output[-4000:]
   assert elapsed < DEAD_PEER_EXIT_BOUND_S, (elapsed, output[-4000:])
   # jax's coordination service names the cause: the dead task (it stopped

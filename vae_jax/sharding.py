@@ -130,7 +130,8 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   # A coordinator that never answers ends the process from inside jax, with no
   # exception reaching Python: this line is the context its message lacks.
   vlog.info(f'Joining a multi-process run ({where}); waiting up to '
-            f'{initialization_timeout_s} s for every process.')
+            f'{initialization_timeout_s} s for every process; a process silent for '
+            f'{peer_timeout_s} s will end the run.')
   try:
     jax.distributed.initialize(
         coordinator_address, num_processes, process_id, local_device_ids,

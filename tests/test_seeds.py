@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from vae_jax import config as config_lib
+from vae_jax import generate
 from vae_jax import logging as vlog
 from vae_jax import objectives
 from vae_jax import sweep
@@ -249,3 +250,12 @@ def test_a_workdir_saved_before_a_field_existed_loads_and_resumes(tmp_path):
   assert loaded.train.num_seeds == 1 and loaded.train.exact_replicas
   assert workdir_lib.check_resume(workdir, tiny_config(train__num_steps=40)) == []
   train.train_and_evaluate(tiny_config(train__num_steps=40), workdir)
+
+
+def test_tools_take_a_replica_and_point_from_the_run_to_its_replicas(vmapped):
+  workdir, _, _ = vmapped
+  with pytest.raises(workdir_lib.WorkdirError, match='seed_4'):
+    generate.load_trained(workdir)
+  assert not os.path.exists(os.path.join(workdir, 'checkpoints'))  # Nothing created.
+  _, params, step = generate.load_trained(train.replica_workdir(workdir, SEEDS[1]))
+  assert step == 40 and jax.tree.leaves(params)[0].ndim >= 1

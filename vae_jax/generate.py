@@ -47,9 +47,17 @@ def _define_flags():
 def load_trained(workdir, step=None):
   """(experiment, params, step) of a workdir, from its config.json and a checkpoint."""
   config = workdir_lib.load_config(workdir)
+  if config.train.num_seeds > 1:
+    seeds = [config.seed + i for i in range(config.train.num_seeds)]
+    raise workdir_lib.WorkdirError(
+        f'{workdir} trained {len(seeds)} seeds at once; each is a workdir of its own: '
+        + ', '.join(train.replica_workdir(workdir, s) for s in seeds))
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  if not os.path.isdir(checkpoints):  # Checkpointer would create it.
+    raise workdir_lib.WorkdirError(f'{workdir} has no checkpoints/ directory')
   exp = train.build_experiment(config)
   target = train.init_state(exp).to_dict()
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), async_save=False)
+  ckpt = checkpoint.Checkpointer(checkpoints, async_save=False)
   try:
     restored_step, state, _ = ckpt.restore(target, step=step)
   finally:

@@ -216,6 +216,23 @@ def test_a_killed_process_makes_the_other_exit_with_an_error_in_bounded_time(tmp
   assert ('stopped sending heartbeats' in output) if victim == 1 else ('coordination service' in output)
 
 
+@pytest.mark.slow
+def test_sigterm_to_one_process_saves_in_all_at_the_same_step_then_resumes(tmp_path):
+  workdir = tmp_path / 'run'
+  run = Run(workdir, 10_000_000, 2, 1)
+  try:
+    run.wait_for_training()
+    run.procs[1].send_signal(signal.SIGTERM)  # Process 0 gets no signal.
+    outputs = run.finish(timeout=120)
+  finally:
+    run.kill()
+  saved = {int(out.split('SIGTERM: saved a checkpoint at step ')[1].split(';')[0])
+           for out in outputs}
+  assert len(saved) == 1 and os.listdir(workdir / 'checkpoints') == [str(*saved)]
+  outputs = Run(workdir, saved.pop() + 10, 2, 1).finish()
+  assert all('Final held-out ELBO' in out for out in outputs)
+
+
 # Each process says whether any process has a flag set that only process 1 sets.
 ANY_PROCESS = r'''
 import sys

@@ -228,7 +228,8 @@ def validate(config, num_devices=None):
   num_devices = jax.device_count() if num_devices is None else num_devices
   for field in ('train.batch_size', 'eval.batch_size'):
     _check(_get(config, field) % num_devices == 0, field,
-           f'{_get(config, field)} is not divisible by the {num_devices} devices')
+           f'{_get(config, field)} is not divisible by the {num_devices} devices: the batch '
+           'is global, split over every device of every process')
 
 
 def to_json(config) -> str:

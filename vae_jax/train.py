@@ -448,6 +448,9 @@ class Trainer:
   def save_images(self, params, step):
     if not self.main:
       return
+    # Host copies: every process must run each computation over global arrays,
+    # and only process 0 gets here.
+    params = sharding.to_host(params)
     model, s = self.exp.model, self.config.sampling
     for r, rs in self.replica_states(TrainState(step, params, ())):
       samples = sampling.prior_samples(model, rs.params, r.keys['sample'], s.num_samples,
@@ -560,7 +563,10 @@ def _train_loop(trainer: Trainer):
       pending.append(metrics)
       step += num
       log_now = step % c.log_every_steps == 0 or step == num_steps
-      save_now = step % c.checkpoint_every_steps == 0 or preemption.requested
+      # One process's SIGTERM stops every process at the same step (a collective
+      # when there are several processes, a plain read otherwise).
+      preempted = sharding.any_process(preemption.requested)
+      save_now = step % c.checkpoint_every_steps == 0 or preempted
       if log_now or save_now:
         per_replica = _per_replica_means(sharding.to_host(pending), len(exp.seeds))
         for i, (means, finite) in enumerate(per_replica):
@@ -580,7 +586,7 @@ def _train_loop(trainer: Trainer):
         trainer.evaluate(state.params, step)
       if save_now:
         trainer.save(state, step)
-      if preemption.requested:
+      if preempted:
         trainer.save(state, step, force=True)
         trainer.wait_for_saves()
         vlog.info(f'SIGTERM: saved a checkpoint at step {step}; exiting. '

@@ -7,6 +7,7 @@ JSON data, never executed, and a resumed run must agree with it.
 import importlib.metadata
 import json
 import os
+import tempfile
 import warnings
 
 import ml_collections
@@ -29,10 +30,10 @@ def prepare(workdir: str) -> str:
     raise WorkdirError(f'workdir {path} exists and is not a directory')
   try:
     os.makedirs(path, exist_ok=True)
-    probe = os.path.join(path, '.write_test')
-    with open(probe, 'w', encoding='utf-8') as f:
-      f.write('ok')
-    os.remove(probe)
+    # A name of its own: every process of a multi-process run probes at once.
+    with tempfile.NamedTemporaryFile('w', dir=path, prefix='.write_test') as probe:
+      probe.write('ok')
+      probe.flush()
   except OSError as e:
     raise WorkdirError(f'workdir {path} is not writable: {e}') from e
   return path

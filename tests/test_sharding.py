@@ -3,6 +3,7 @@
 Each run is a subprocess: the device count is fixed when jax starts.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -62,3 +63,50 @@ def test_eight_devices_match_one_and_resume_on_one(tmp_path):
   run(one, 30, 1)
   for a, b in zip(params(one), params(eight)):
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+EVAL_SCRIPT = r'''
+import json, sys
+sys.path.insert(0, {tests!r})
+import jax, numpy as np
+from test_train import tiny_config
+from vae_jax import evaluate, sharding, train
+exp = train.build_experiment(tiny_config())
+params = train.init_state(exp).params
+images = np.asarray(exp.dataset.eval[:21], np.float32) / 255.0  # 21: padding on 8 devices.
+key = exp.keys['eval']
+seen = set()
+real = evaluate._log_likelihood_batch
+def spy(model, params, x, *args, **kwargs):
+  out = real(model, params, x, *args, **kwargs)
+  seen.add(len(out.sharding.device_set))
+  return out
+evaluate._log_likelihood_batch = spy
+ll = evaluate.evaluate_log_likelihood(exp.model, params, images, key, num_samples=50,
+                                      batch_size=2, chunk_size=20, progress=False)
+elbo = evaluate.evaluate_elbo(exp.model, params, images, key, batch_size=8)
+units = evaluate.active_units(exp.model, params, images, batch_size=8)
+print('RESULT', json.dumps(dict(devices=jax.device_count(), used=sorted(seen), log_px=ll['log_px'],
+                                num_images=ll['num_images'], elbo=elbo['elbo'],
+                                units=units['active_units'])))
+'''
+
+
+def evaluate_on(devices):
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  result = subprocess.run(
+      [sys.executable, '-c', EVAL_SCRIPT.format(tests=os.path.join(ROOT, 'tests'))],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  line = [l for l in result.stdout.splitlines() if l.startswith('RESULT ')][-1]
+  return json.loads(line[len('RESULT '):])
+
+
+@pytest.mark.slow
+def test_evaluation_is_sharded_over_eight_devices_and_matches_one():
+  one, eight = evaluate_on(1), evaluate_on(8)
+  assert one['used'] == [1] and eight['used'] == [8]  # Every device evaluates its share.
+  assert one['num_images'] == eight['num_images'] == 21
+  np.testing.assert_allclose(eight['log_px'], one['log_px'], rtol=1e-5)
+  np.testing.assert_allclose(eight['elbo'], one['elbo'], rtol=1e-5)
+  assert eight['units'] == one['units']

@@ -262,3 +262,29 @@ def to_host(tree):
       return np.asarray(x.addressable_data(0))
     return np.asarray(jax.device_get(x))
   return jax.tree.map(fetch, tree)
+
+
+def replicate(tree, mesh: Mesh):
+  """`tree` replicated over `mesh`, leaving arrays that already are as they are.
+
+  Unlike put_replicated it never fetches an array to the host, so it takes the
+  train state's params in any process of a multi-process run.
+  """
+  target = replicated(mesh)
+
+  def place(x):
+    if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(target, x.ndim):
+      return x
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return jax.device_put(x, target)
+    return _global_array(np.asarray(x), target)
+  return jax.tree.map(place, tree)
+
+
+def gather_to_host(tree):
+  """Fetches arrays split over the devices of every process, whole, as numpy."""
+  def fetch(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+  return jax.tree.map(fetch, tree)

@@ -88,16 +88,25 @@ def test_failures_are_isolated_rerun_skips_done_and_aggregates(tmp_path):
 
 @pytest.mark.slow
 def test_interrupted_sweep_resumes(tmp_path):
-  points = [{'train.num_steps': 400, 'seed': s} for s in range(2)]
+  points = [{'train.num_steps': 1000, 'seed': s} for s in range(2)]
   sweep_file = write_sweep_file(tmp_path / 'sweep.py', points)
   sweep_dir = tmp_path / 'runs'
   proc = subprocess.Popen([sys.executable, 'scripts/sweep.py', f'--sweep={sweep_file}',
                            f'--sweep_dir={sweep_dir}', '--workers=2'], cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  def some_checkpoint():
+    # Any committed step: with a save every 10 steps and 3 kept, step 10 itself
+    # lives for a fraction of a second, shorter than a poll.
+    for p in points:
+      checkpoints = sweep_dir / f'seed={p["seed"]}' / 'checkpoints'
+      if checkpoints.is_dir() and any(d.isdigit() for d in os.listdir(checkpoints)):
+        return True
+    return False
+
   deadline = time.time() + 300
-  while time.time() < deadline and not any(
-      (sweep_dir / f'seed={p["seed"]}' / 'checkpoints' / '10').exists() for p in points):
-    time.sleep(0.5)
+  while time.time() < deadline and not some_checkpoint():
+    time.sleep(0.1)
+  assert proc.poll() is None, 'the sweep finished before it could be interrupted'
   proc.send_signal(signal.SIGINT)
   out, _ = proc.communicate(timeout=300)
   assert proc.returncode == 1, out

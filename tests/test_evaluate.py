@@ -104,6 +104,23 @@ def test_chunking_changes_only_float_rounding(chunk_size):
   np.testing.assert_allclose(chunked, reference, rtol=1e-6, atol=1e-5)
 
 
+def test_memory_is_bounded_whatever_k():
+  """The compiled estimate's scratch memory depends on the chunk, not on K."""
+  model = LinearGaussianVAE(std_scale=2.0)
+  params, x, _ = linear_gaussian_problem(2)
+  key = jax.random.key(0)
+
+  def temp_bytes(num_samples, chunk_size):
+    compiled = log_likelihood.lower(model, params, x, key, num_samples=num_samples,
+                                    chunk_size=chunk_size).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+  small, huge = temp_bytes(1_000, 100), temp_bytes(1_000_000, 100)
+  assert huge <= 1.05 * small + 1024, (small, huge)
+  # The check can fail: unchunked, the scratch grows with K.
+  assert temp_bytes(10_000, 10_000) > 5 * small
+
+
 @pytest.mark.parametrize('batch_size', [1, 3, 10])
 def test_evaluate_log_likelihood_over_a_split(batch_size):
   model = LinearGaussianVAE(std_scale=1.5)

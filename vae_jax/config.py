@@ -7,12 +7,12 @@ the disk, and names the field it rejects.
 
 import json
 
-import jax
 import ml_collections
 
 from vae_jax import data
 from vae_jax import distributions
 from vae_jax import models
+from vae_jax import sharding
 
 DATASETS = data.DATASETS
 BINARIZATIONS = data.BINARIZATIONS
@@ -225,7 +225,7 @@ def validate(config, num_devices=None):
     _check(_get(config, field) % per_call == 0, field,
            f'must be a multiple of train.steps_per_call ({per_call})')
 
-  num_devices = jax.device_count() if num_devices is None else num_devices
+  num_devices = sharding.device_count() if num_devices is None else num_devices
   for field in ('train.batch_size', 'eval.batch_size'):
     _check(_get(config, field) % num_devices == 0, field,
            f'{_get(config, field)} is not divisible by the {num_devices} devices: the batch '

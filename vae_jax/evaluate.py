@@ -83,11 +83,11 @@ def _importance_sampled_log_likelihood(model, params, x, keys, num_samples, chun
     log_w, _ = objectives.importance_log_weights(model, params, x, mean, log_var, eps)
     return log_w
 
-  def scan_chunk(state, first):
-    return _logsumexp_update(state, log_weights(first, chunk)), None
+  def next_chunk(i, state):  # A loop index, not a scanned [K / chunk] array: memory is flat in K.
+    return _logsumexp_update(state, log_weights(i * chunk, chunk))
 
   state = (jnp.full(mean.shape[:1], -jnp.inf), jnp.zeros(mean.shape[:1]))
-  state, _ = jax.lax.scan(scan_chunk, state, jnp.arange(num_full) * chunk)
+  state = jax.lax.fori_loop(0, num_full, next_chunk, state)
   if remainder:  # A smaller last chunk: no masked samples, no wasted decoder work.
     state = _logsumexp_update(state, log_weights(num_full * chunk, remainder))
   running_max, running_sum = state
@@ -137,7 +137,7 @@ def _map_batches(fn, images, batch_size, bar=None, *, params=None):
   images = np.asarray(images, np.float32)
   if not len(images):
     raise ValueError('no images to evaluate')
-  num_devices = jax.device_count()
+  num_devices = sharding.device_count()
   batch_size = min(batch_size, len(images))
   if num_devices > 1:
     mesh = sharding.make_mesh()

@@ -199,6 +199,11 @@ def describe() -> str:
           f'{jax.local_device_count()} of {jax.device_count()} {jax.default_backend()} devices')
 
 
+def device_count() -> int:
+  """Devices of every process together: what a global batch is split over."""
+  return jax.device_count()
+
+
 def make_mesh() -> Mesh:
   """A mesh over all devices of all processes, one `data` axis."""
   return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))

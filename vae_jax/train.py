@@ -552,7 +552,7 @@ def _train_loop(trainer: Trainer):
   vlog.info(f'Training {config.model.architecture} VAE on {config.data.name}: '
             f'{models.count_params(trainer.replica_states(state)[0][1].params):,} params, '
             f'{seeds}{num_steps} steps ({exp.steps_per_epoch} per epoch), batch '
-            f'{c.batch_size}, {jax.device_count()} device(s), from step {step}.')
+            f'{c.batch_size}, {sharding.device_count()} device(s), from step {step}.')
   pending, first_pending = [], step
   nonfinite_runs = [0] * len(exp.seeds)
   last_time, last_step = time.perf_counter(), step

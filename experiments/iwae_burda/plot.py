@@ -5,7 +5,8 @@
 
 Writes curves.csv (run, split, step, epoch, elbo, iwae_bound) and elbo_curves.png:
 the training-batch ELBO (a running mean over each log interval) and the
-validation ELBO (single sample, 10,000 images) per epoch.
+validation ELBO (single sample, 10,000 images) per epoch. --tag=_two_layers
+writes curves_two_layers.csv and elbo_curves_two_layers.png instead.
 """
 
 import argparse
@@ -38,12 +39,15 @@ def main():
   parser = argparse.ArgumentParser()
   parser.add_argument('runs', nargs='+', help='name=workdir')
   parser.add_argument('--out', default=os.path.dirname(os.path.abspath(__file__)))
+  parser.add_argument('--tag', default='', help='suffix of the output file names')
+  parser.add_argument('--title', default='binarized_mnist (static), 784-200-200-50 tanh, batch 20')
+  parser.add_argument('--ymin', type=float, default=-115, help='lower end of the ELBO axis')
   args = parser.parse_args()
   rows = []
   for run in args.runs:
     name, workdir = run.split('=', 1)
     rows += read_curves(name, workdir)
-  with open(os.path.join(args.out, 'curves.csv'), 'w', newline='') as f:
+  with open(os.path.join(args.out, f'curves{args.tag}.csv'), 'w', newline='') as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
@@ -58,12 +62,12 @@ def main():
         ax.plot(x, y, style, color=f'C{i}', label=label)
   ax.set_xlabel('epoch (50,000 training images)')
   ax.set_ylabel('ELBO (nats)')
-  ax.set_ylim(-115, -85)
+  ax.set_ylim(args.ymin, -85)
   ax.grid(alpha=0.3)
   ax.legend()
-  ax.set_title('binarized_mnist (static), 784-200-200-50 tanh, batch 20')
+  ax.set_title(args.title)
   fig.tight_layout()
-  fig.savefig(os.path.join(args.out, 'elbo_curves.png'), dpi=120)
+  fig.savefig(os.path.join(args.out, f'elbo_curves{args.tag}.png'), dpi=120)
 
 
 if __name__ == '__main__':

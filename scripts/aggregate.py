@@ -5,7 +5,12 @@
 Writes <sweep_dir>/results.csv (one row per finished point: swept fields, final
 and best metrics), results_over_seeds.csv (mean and std over seeds),
 learning_curves.png (held-out ELBO against step, one line per point) and, with
---x, final_vs_<x>.png (mean +- std over seeds of the final ELBO terms).
+--x, final_vs_<x>.png (mean +- std over seeds of the final ELBO terms). Both
+files are sorted by the swept values, numbers as numbers.
+
+The '<metric>_std' columns of results_over_seeds.csv and the error bars are the
+sample standard deviation over seeds (ddof=1, n - 1 in the denominator; 0.0
+where a setting has a single seed).
 """
 
 import csv
@@ -39,14 +44,16 @@ def write_csv(path, rows):
 
 
 def plot_learning_curves(sweep_dir, rows, path):
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  for row in rows:
+  fig, ax = plt.subplots(figsize=(8, 4.5))
+  colours = plt.get_cmap('tab10' if len(rows) <= 10 else 'tab20')
+  for i, row in enumerate(rows):
     evals = vlog.read_metrics(os.path.join(sweep_dir, row['point']), 'eval')
     evals = [r for r in evals if 'elbo' in r]
-    ax.plot([r['step'] for r in evals], [r['elbo'] for r in evals], lw=1, label=row['point'])
+    ax.plot([r['step'] for r in evals], [r['elbo'] for r in evals], lw=1, marker='.',
+            color=colours(i % colours.N), label=row['point'])
   ax.set(xlabel='step', ylabel='held-out ELBO (nats)', title=os.path.basename(sweep_dir))
-  if len(rows) <= 12:
-    ax.legend(fontsize=6)
+  if len(rows) <= 20:
+    ax.legend(fontsize=6, loc='center left', bbox_to_anchor=(1.01, 0.5))
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   print(f'wrote {path}')
@@ -63,7 +70,7 @@ def plot_summary(groups, x, path):
       means = [g[f'{metric}_mean'] for g in groups]
       stds = [g[f'{metric}_std'] for g in groups]
       ax.errorbar(xs, means, yerr=stds, marker='o', capsize=3, label=metric[len('final_'):])
-  ax.set(xscale='log', xlabel=x, ylabel='nats (mean ± std over seeds)')
+  ax.set(xscale='log', xlabel=x, ylabel='nats (mean ± sample std over seeds)')
   ax.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=120)
@@ -79,6 +86,7 @@ def main(argv):
   write_csv(os.path.join(sweep_dir, 'results.csv'), rows)
   groups = sweep.group_over_seeds(rows, ['final_elbo', 'final_recon', 'final_kl', 'best_elbo'])
   write_csv(os.path.join(sweep_dir, 'results_over_seeds.csv'), groups)
+  print('  (<metric>_std: sample std over seeds, ddof=1)')
   plot_learning_curves(sweep_dir, rows, os.path.join(sweep_dir, 'learning_curves.png'))
   if _X.value:
     plot_summary(groups, _X.value, os.path.join(sweep_dir, f'final_vs_{_X.value}.png'))

@@ -44,6 +44,30 @@ def test_names_and_flags():
       '--config.model.hidden=(32,)', '--config.seed=1']
 
 
+def test_rows_and_groups_sort_numbers_as_numbers(tmp_path):
+  rows = [{'point': f'b{b},s{s}', 'model.hidden': h, 'objective.beta': b, 'seed': s,
+           'final_elbo': -100.0 - b - s}
+          for h in ('[400]', '[50]') for b in (10.0, 2.0, 0.5) for s in (0, 1)]
+  groups = sweep.group_over_seeds(rows, ['final_elbo'])
+  # String order would put '10.0' before '2.0' and '[400]' before '[50]' alike.
+  assert [(g['model.hidden'], g['objective.beta']) for g in groups] == [
+      ('[400]', '0.5'), ('[400]', '2.0'), ('[400]', '10.0'),
+      ('[50]', '0.5'), ('[50]', '2.0'), ('[50]', '10.0')]
+  assert all(g['num_seeds'] == 2 for g in groups)
+  # The std is the sample std over seeds (ddof=1): of (-102, -103) it is 1/sqrt(2).
+  assert groups[1]['final_elbo_mean'] == pytest.approx(-102.5)
+  assert groups[1]['final_elbo_std'] == pytest.approx(0.5 ** 0.5)
+  # collect() orders results.csv rows the same way (its workdir names sort as strings).
+  status = {}
+  for beta in (10.0, 2.0, 0.5, 1.0):
+    name = f'objective.beta={beta:g}'
+    os.makedirs(tmp_path / name)
+    (tmp_path / name / sweep.FINAL_METRICS).write_text(json.dumps({'elbo': -beta, 'step': 1}))
+    status[name] = {'outcome': 'done', 'overrides': {'objective.beta': beta}}
+  sweep.write_status(str(tmp_path), status)
+  assert [r['objective.beta'] for r in sweep.collect(str(tmp_path))] == [0.5, 1.0, 2.0, 10.0]
+
+
 def write_sweep_file(path, points):
   path.write_text(
       "BASE_CONFIG = 'configs/quickstart.py'\n"
@@ -52,10 +76,21 @@ def write_sweep_file(path, points):
   return str(path)
 
 
-def run_sweep(sweep_file, sweep_dir, *extra):
+def run_sweep(sweep_file, sweep_dir, *extra, env=None):
   return subprocess.run([sys.executable, 'scripts/sweep.py', f'--sweep={sweep_file}',
                          f'--sweep_dir={sweep_dir}', '--workers=2', *extra],
-                        cwd=ROOT, capture_output=True, text=True, timeout=600)
+                        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+
+
+def compilation_cache_env(cache_dir):
+  """The environment with JAX's persistent compilation cache on, for the points to share.
+
+  Points that differ only in their seed compile the same programs: with the
+  cache, every point after the first few loads them instead of compiling.
+  """
+  return dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
 
 
 def test_failures_are_isolated_rerun_skips_done_and_aggregates(tmp_path):
@@ -88,31 +123,83 @@ def test_failures_are_isolated_rerun_skips_done_and_aggregates(tmp_path):
 
 @pytest.mark.slow
 def test_interrupted_sweep_resumes(tmp_path):
-  points = [{'train.num_steps': 1000, 'seed': s} for s in range(2)]
+  """16 points, interrupted while some are done and others mid-run, relaunched, aggregated."""
+  betas, seeds = [10.0, 2.0, 1.0, 0.5], [0, 1, 2, 3]
+  points = [{'train.num_steps': 30, 'logging.tensorboard': False, 'objective.beta': b, 'seed': s}
+            for b in betas for s in seeds]
   sweep_file = write_sweep_file(tmp_path / 'sweep.py', points)
+  names = sweep.point_names(points)
+  assert len(names) == 16
   sweep_dir = tmp_path / 'runs'
+  env = compilation_cache_env(tmp_path / 'jax_cache')
   proc = subprocess.Popen([sys.executable, 'scripts/sweep.py', f'--sweep={sweep_file}',
-                           f'--sweep_dir={sweep_dir}', '--workers=2'], cwd=ROOT,
+                           f'--sweep_dir={sweep_dir}', '--workers=2'], cwd=ROOT, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  def some_checkpoint():
-    # Any committed step: with a save every 10 steps and 3 kept, step 10 itself
-    # lives for a fraction of a second, shorter than a poll.
-    for p in points:
-      checkpoints = sweep_dir / f'seed={p["seed"]}' / 'checkpoints'
-      if checkpoints.is_dir() and any(d.isdigit() for d in os.listdir(checkpoints)):
-        return True
-    return False
+
+  def finished():
+    return {n for n in names if sweep.is_finished(sweep_dir / n)}
+
+  def mid_run():
+    # Unfinished points with a committed checkpoint (a step number; with a save
+    # every 10 steps and 3 kept, step 10 itself may be gone by the next poll).
+    running = set()
+    for n in names:
+      checkpoints = sweep_dir / n / 'checkpoints'
+      if (not sweep.is_finished(sweep_dir / n) and checkpoints.is_dir()
+          and any(d.isdigit() for d in os.listdir(checkpoints))):
+        running.add(n)
+    return running
 
   deadline = time.time() + 300
-  while time.time() < deadline and not some_checkpoint():
-    time.sleep(0.1)
+  while time.time() < deadline and not (len(finished()) >= 4 and mid_run()):
+    time.sleep(0.05)
   assert proc.poll() is None, 'the sweep finished before it could be interrupted'
   proc.send_signal(signal.SIGINT)
   out, _ = proc.communicate(timeout=300)
   assert proc.returncode == 1, out
   assert 'run the same command again' in out
-  again = run_sweep(sweep_file, sweep_dir)
-  assert again.returncode == 0, again.stdout
-  assert '[2/2 done' in again.stdout
-  logs = ''.join((sweep_dir / 'logs' / f).read_text() for f in os.listdir(sweep_dir / 'logs'))
-  assert 'Resumed from' in logs
+  done_first = finished()
+  # A point caught mid-run saves a checkpoint and exits; it may only have
+  # finished if the signal came in its last instants.
+  interrupted = mid_run()
+  assert 4 <= len(done_first) < 16 and interrupted, out
+  status = json.loads((sweep_dir / 'status.json').read_text())
+  assert all(status[n]['outcome'] == 'done' for n in done_first)
+  assert all(status[n]['outcome'] != 'done' for n in interrupted)
+  never_started = set(names) - set(status)
+  print(f'interrupted with {len(done_first)} points done, {len(interrupted)} mid-run '
+        f'({", ".join(sorted(interrupted))}), {len(never_started)} not started')
+  mtimes = {n: (sweep_dir / n / sweep.FINAL_METRICS).stat().st_mtime_ns for n in done_first}
+  logs_before = {n: (sweep_dir / 'logs' / f'{n}.log').read_text() for n in done_first}
+
+  again = run_sweep(sweep_file, sweep_dir, env=env)
+  assert again.returncode == 0, again.stdout + again.stderr
+  assert f'16 points, {len(done_first)} already done, {16 - len(done_first)} to run' in again.stdout
+  assert '[16/16 done, 0 failed' in again.stdout
+  assert finished() == set(names)
+  # Finished points were skipped: not run again, their results untouched.
+  for n in done_first:
+    assert (sweep_dir / n / sweep.FINAL_METRICS).stat().st_mtime_ns == mtimes[n]
+    assert (sweep_dir / 'logs' / f'{n}.log').read_text() == logs_before[n]
+  # Interrupted points resumed from their checkpoints; the others started afresh.
+  for n in interrupted:
+    assert 'Resumed from' in (sweep_dir / 'logs' / f'{n}.log').read_text(), n
+  for n in never_started:
+    assert 'Resumed from' not in (sweep_dir / 'logs' / f'{n}.log').read_text(), n
+  for n in names:
+    assert json.loads((sweep_dir / n / sweep.FINAL_METRICS).read_text())['step'] == 30
+
+  agg = subprocess.run([sys.executable, 'scripts/aggregate.py', f'--sweep_dir={sweep_dir}',
+                        '--x=objective.beta'], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+  assert agg.returncode == 0, agg.stdout + agg.stderr
+  with open(sweep_dir / 'results.csv') as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 16 and {r['point'] for r in rows} == set(names)
+  assert [float(r['objective.beta']) for r in rows] == sorted(b for b in betas for _ in seeds)
+  with open(sweep_dir / 'results_over_seeds.csv') as f:
+    groups = list(csv.DictReader(f))
+  assert [float(g['objective.beta']) for g in groups] == [0.5, 1.0, 2.0, 10.0]
+  assert all(g['num_seeds'] == '4' for g in groups)
+  assert (sweep_dir / 'learning_curves.png').exists()
+  assert (sweep_dir / 'final_vs_objective.beta.png').exists()

@@ -143,10 +143,11 @@ def collect(sweep_dir) -> list:
 
   A point trained with train.num_seeds = S > 1 gives S rows, one per replica
   (point '<name>/seed_<seed>', field 'seed'), like S points with one seed each.
+  Rows are ordered by their swept values, numbers as numbers (beta 2 before 10).
   """
   status = read_status(sweep_dir)
   rows = []
-  for name in sorted(status):
+  for name in sorted(status, key=lambda n: (_natural_key(status[n]['overrides'].items()), n)):
     workdir = os.path.join(sweep_dir, name)
     if not is_finished(workdir):
       continue
@@ -179,8 +180,28 @@ def _row(workdir, row, final):
   return row
 
 
+def _natural_key(items):
+  """Sort key of (field, value) pairs that compares numbers as numbers.
+
+  Values compare as floats where they parse as one ('2.0' < '10.0', 1 < 2.5), as
+  strings otherwise ('[400]', 'relu'); a number sorts before a string.
+  """
+  key = []
+  for field, value in items:
+    try:
+      key.append((field, 0, float(value), ''))
+    except (TypeError, ValueError):
+      key.append((field, 1, 0.0, str(value)))
+  return tuple(key)
+
+
 def group_over_seeds(rows, metrics) -> list:
-  """Mean and std of `metrics` over seeds, one row per setting of the other fields."""
+  """Mean and sample std of `metrics` over seeds, one row per setting of the other fields.
+
+  '<metric>_std' is the sample standard deviation over seeds (ddof=1, n - 1 in
+  the denominator; 0.0 for a single seed), the usual error bar for a mean over
+  a few seeds. Groups are ordered by their field values, numbers as numbers.
+  """
   import numpy as np  # pylint: disable=g-import-not-at-top
   groups = {}
   for row in rows:
@@ -188,7 +209,8 @@ def group_over_seeds(rows, metrics) -> list:
                 if k not in ('point', 'seed', 'best_step') and not k.startswith(('final_', 'best_')))
     groups.setdefault(key, []).append(row)
   out = []
-  for key, members in groups.items():
+  for key in sorted(groups, key=_natural_key):
+    members = groups[key]
     summary = dict(key, num_seeds=len(members))
     for m in metrics:
       values = np.array([r[m] for r in members if m in r], dtype=float)

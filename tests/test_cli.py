@@ -1,6 +1,10 @@
 """The entry points as a user runs them: preemption by SIGTERM, resume, generate."""
 
+import hashlib
+import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,12 +52,38 @@ def test_sigterm_saves_and_exits_zero_then_resumes(tmp_path):
 
 
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory):
+def trained_run(tmp_path_factory):
+  """A finished 20-step run: (workdir, its console output). One checkpoint, step 20."""
   workdir = tmp_path_factory.mktemp('trained')
   result = subprocess.run(train_command(workdir, 20), cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
   assert result.returncode == 0, result.stderr
-  return workdir
+  return workdir, result.stdout
+
+
+@pytest.fixture(scope='module')
+def trained(trained_run):
+  return trained_run[0]
+
+
+def test_progress_line_shows_step_loss_speed_and_eta(trained_run):
+  _, out = trained_run
+  lines = [line for line in out.splitlines() if line.startswith('step ')]
+  assert [line.split(' | ')[0] for line in lines] == ['step 10/20', 'step 20/20'], out
+  pattern = (r'step (\d+)/20 \| loss (\d+\.\d\d) \| elbo (-\d+\.\d\d) \| recon -?\d+\.\d\d \| '
+             r'kl \d+\.\d\d( \| [a-z_]+ -?\d+\.\d\d)* \| (\d+\.\d) steps/s \(([\d,]+) img/s\) \| '
+             r'ETA (\d+)m(\d\d)s')
+  for line in lines:
+    match = re.fullmatch(pattern, line)
+    assert match, line
+    step, loss, elbo = int(match.group(1)), float(match.group(2)), float(match.group(3))
+    rate, images = float(match.group(5)), int(match.group(6).replace(',', ''))
+    eta = 60 * int(match.group(7)) + int(match.group(8))
+    assert loss > 0 and elbo < 0 and rate > 0
+    assert abs(images - rate * 50) <= 0.05 * 50 + 1  # batch_size 50; rate is rounded.
+    # ETA = steps left / rate (the rate shown is rounded to 0.05, the ETA down to 1 s).
+    assert (20 - step) / (rate + 0.05) - 1 <= eta
+    assert rate <= 0.05 or eta <= (20 - step) / (rate - 0.05)
 
 
 def test_generate_writes_grids(trained, tmp_path):
@@ -82,3 +112,85 @@ def test_workdir_that_is_a_file_is_a_clear_error(tmp_path):
   assert result.returncode == 1
   assert 'is not a directory' in result.stderr and 'Traceback' not in result.stderr
   assert path.read_text() == 'not a directory'
+
+
+# Runs `python -m vae_jax.main ARGS` with one function made to announce itself
+# and wait, so that a SIGTERM from outside reliably lands while it runs.
+_PAUSED_MAIN = """
+import runpy, sys, time
+from vae_jax import checkpoint, data, evaluate
+owner, name = {'data': (data, 'load'), 'restore': (checkpoint.Checkpointer, 'restore'),
+               'evaluation': (evaluate, 'evaluate_elbo')}[sys.argv.pop(1)]
+real = getattr(owner, name)
+def paused(*args, **kwargs):
+  print('PAUSED IN', name, flush=True)
+  time.sleep(120)
+  return real(*args, **kwargs)
+setattr(owner, name, paused)
+runpy.run_module('vae_jax.main', run_name='__main__', alter_sys=True)
+"""
+
+
+def files_of(directory):
+  """{relative path: sha256} of every file under `directory`."""
+  files = {}
+  for root, _, names in os.walk(directory):
+    for name in names:
+      path = os.path.join(root, name)
+      with open(path, 'rb') as f:
+        files[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
+  return files
+
+
+def sigterm_while_paused(phase, workdir, num_steps):
+  """Launches training paused in `phase`, sends SIGTERM there; returns (returncode, output)."""
+  command = train_command(workdir, num_steps)
+  proc = subprocess.Popen([sys.executable, '-c', _PAUSED_MAIN, phase] + command[3:], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  try:
+    before = []
+    for line in proc.stdout:
+      before.append(line)
+      if line.startswith('PAUSED IN'):
+        break
+    assert before and before[-1].startswith('PAUSED IN'), ''.join(before)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+  finally:
+    proc.kill()
+  return proc.returncode, ''.join(before) + out
+
+
+@pytest.mark.parametrize('phase', ['data', 'restore', 'evaluation'])
+def test_sigterm_outside_the_training_loop_ends_with_the_signal_and_keeps_checkpoints(
+    trained, tmp_path, phase):
+  """README, Preemption: a SIGTERM while the data loads, a checkpoint restores or the
+  final evaluation runs ends the process with the signal's status; nothing saved is
+  touched, and the final checkpoint is committed before the final evaluation."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(trained, workdir)
+  checkpoints = workdir / 'checkpoints'
+  saved = files_of(checkpoints)
+  assert sorted(os.listdir(checkpoints)) == ['20']
+  returncode, out = sigterm_while_paused(phase, workdir, 30)
+  assert returncode == -signal.SIGTERM, out
+  assert 'SIGTERM: saved' not in out and 'Traceback' not in out, out
+  if phase != 'evaluation':
+    assert not re.search(r'^step ', out, re.M), out  # Stopped before training.
+    assert files_of(checkpoints) == saved
+    assert sorted(os.listdir(checkpoints)) == ['20']
+    return
+  # Training ran to step 30 and committed it before the evaluation began.
+  assert 'step 30/30' in out and 'Final held-out ELBO' not in out, out
+  assert sorted(os.listdir(checkpoints)) == ['20', '30']
+  after = files_of(checkpoints)
+  assert {k: v for k, v in after.items() if k.startswith('20' + os.sep)} == saved
+  assert json.loads((workdir / 'final_metrics.json').read_text())['step'] == 20
+  # Re-running only repeats the evaluation.
+  again = subprocess.run(train_command(workdir, 30), cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+  assert again.returncode == 0, again.stderr
+  assert 'at step 30.' in again.stdout and 'Final held-out ELBO' in again.stdout, again.stdout
+  assert not re.search(r'^step ', again.stdout, re.M), again.stdout
+  assert json.loads((workdir / 'final_metrics.json').read_text())['step'] == 30
+  assert files_of(checkpoints) == after

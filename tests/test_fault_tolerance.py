@@ -5,14 +5,19 @@ files already cover is not repeated here:
 
    2  Checkpointer level: test_checkpoint.py::test_uncommitted_step_is_ignored_and_cleaned_up.
    3  SIGTERM saves at the current step, exits 0 in bounded time, the next launch
-      resumes: test_cli.py::test_sigterm_saves_and_exits_zero_then_resumes.
+      resumes: test_cli.py::test_sigterm_saves_and_exits_zero_then_resumes; outside
+      the training loop (data loading, restore, final evaluation) it ends the process
+      with the signal and changes no checkpoint:
+      test_cli.py::test_sigterm_outside_the_training_loop_ends_with_the_signal_and_keeps_checkpoints.
    4  Checkpointer level: test_checkpoint.py::test_failed_write_raises_and_is_never_listed,
       ::test_failed_async_commit_raises_on_wait.
    5  Checkpointer level: test_checkpoint.py::test_corrupted_newest_is_set_aside (four kinds
       of damage), ::test_all_corrupted_raises_but_keeps_files.
    6  Forced saves of old steps: test_checkpoint.py::test_keep_policy_keeps_newest.
-   7  NaN / inf: test_train.py::test_nan_stops_naming_the_step_and_keeps_last_checkpoint,
-      ::test_skip_policy_stops_after_bounded_run.
+   7  NaN / inf (each with NaN and with +inf in the loss and gradients):
+      test_train.py::test_nan_stops_naming_the_step_and_keeps_last_checkpoint,
+      ::test_skip_policy_stops_after_bounded_run (both restore the last checkpoint and
+      check every leaf is finite).
    9  validate level: test_config.py::test_bad_value_names_the_field,
       ::test_batch_must_divide_device_count, ::test_cli_rejects_misspelt_field.
   10  Changed config refused, a shape change never loads:

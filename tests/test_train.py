@@ -119,8 +119,13 @@ def test_resume_with_changed_config_is_refused(baseline):
         tiny_config(model__latent_dim=8, resume__allow_config_change=True), workdir)
 
 
-def poison_loss(monkeypatch, is_bad_step):
-  """Makes the loss NaN at the steps where is_bad_step(step) (a traced bool) holds."""
+def poison_loss(monkeypatch, is_bad_step, poison=float('nan')):
+  """Makes the loss and every gradient `poison` (NaN or inf) where is_bad_step(step) holds.
+
+  is_bad_step maps the traced step to a traced bool. The loss is multiplied by
+  `poison` (the loss is positive, so inf stays +inf), so the gradients are
+  non-finite too: an update that were applied would make the params non-finite.
+  """
   real = objectives.make_loss_fn
 
   def poisoned(*args, **kwargs):
@@ -128,27 +133,45 @@ def poison_loss(monkeypatch, is_bad_step):
 
     def loss(params, x, key, step):
       value, metrics = loss_fn(params, x, key, step)
-      return jax.numpy.where(is_bad_step(step), jax.numpy.nan, value), metrics
+      return value * jax.numpy.where(is_bad_step(step), poison, 1.0), metrics
     return loss
 
   monkeypatch.setattr(objectives, 'make_loss_fn', poisoned)
 
 
-def test_nan_stops_naming_the_step_and_keeps_last_checkpoint(tmp_path, monkeypatch):
-  poison_loss(monkeypatch, lambda step: step >= 27)
+def assert_all_finite(tree):
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    assert np.isfinite(np.asarray(leaf)).all(), jax.tree_util.keystr(path)
+
+
+NON_FINITE = pytest.mark.parametrize('poison', [float('nan'), float('inf')], ids=['nan', 'inf'])
+
+
+@NON_FINITE
+def test_nan_stops_naming_the_step_and_keeps_last_checkpoint(tmp_path, monkeypatch, poison):
+  poison_loss(monkeypatch, lambda step: step >= 27, poison)
   workdir = str(tmp_path / 'nan')
   with pytest.raises(train.NonFiniteError, match='at step 27'):
     train.train_and_evaluate(tiny_config(), workdir)
   step, state, _ = restored_state(workdir, tiny_config())
   assert step == 20
-  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state))
+  assert_all_finite(state)
 
 
-def test_skip_policy_stops_after_bounded_run(tmp_path, monkeypatch):
-  poison_loss(monkeypatch, lambda step: (step == 3) | (step >= 12))
-  config = tiny_config(train__nan_policy='skip', train__max_consecutive_nonfinite=5)
+@NON_FINITE
+def test_skip_policy_stops_after_bounded_run(tmp_path, monkeypatch, poison):
+  # Step 3 is skipped alone; 12..16 are five in a row. The checkpoint at step 10
+  # comes after the skipped step 3: its params are finite only if that update
+  # (with non-finite gradients) was really skipped.
+  poison_loss(monkeypatch, lambda step: (step == 3) | (step >= 12), poison)
+  config = tiny_config(train__nan_policy='skip', train__max_consecutive_nonfinite=5,
+                       train__checkpoint_every_steps=10)
+  workdir = str(tmp_path / 'skip')
   with pytest.raises(train.NonFiniteError, match='5 non-finite steps in a row, the last at step 16'):
-    train.train_and_evaluate(config, str(tmp_path / 'skip'))
+    train.train_and_evaluate(config, workdir)
+  step, state, _ = restored_state(workdir, config)
+  assert step == 10
+  assert_all_finite(state)
 
 
 def test_tfds_dataset_through_mock_data(tmp_path):

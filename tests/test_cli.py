@@ -12,6 +12,8 @@ import time
 
 import pytest
 
+from vae_jax import logging as vlog
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--config.model.hidden=(32,)', '--config.model.latent_dim=4',
         '--config.train.batch_size=50', '--config.train.num_epochs=0',
@@ -194,3 +196,8 @@ def test_sigterm_outside_the_training_loop_ends_with_the_signal_and_keeps_checkp
   assert not re.search(r'^step ', again.stdout, re.M), again.stdout
   assert json.loads((workdir / 'final_metrics.json').read_text())['step'] == 30
   assert files_of(checkpoints) == after
+
+
+def test_eta_is_unknown_before_any_speed_is_measured():
+  line = vlog.progress_line(0, 100, {'loss': 1.0}, 0.0, 50)
+  assert line.endswith('ETA ?'), line

@@ -68,7 +68,7 @@ def test_each_replica_has_a_complete_workdir(vmapped):
     summary = json.load(f)
   per_seed = [summary['per_seed'][str(s)]['elbo'] for s in SEEDS]
   assert summary['elbo'] == pytest.approx(np.mean(per_seed))
-  assert summary['elbo_std'] == pytest.approx(np.std(per_seed))
+  assert summary['elbo_std'] == pytest.approx(np.std(per_seed, ddof=1))
   assert metrics['elbo'] == pytest.approx(summary['elbo'])
   assert len(set(per_seed)) == len(SEEDS)  # Different seeds, different runs.
 

@@ -105,6 +105,9 @@ def save_png(path, grid, scale=2):
 
 
 def format_duration(seconds):
+  """'1h05m' or '3m07s'; '?' when unknown (no speed measured yet)."""
+  if not math.isfinite(seconds):
+    return '?'
   seconds = int(max(seconds, 0))
   hours, rest = divmod(seconds, 3600)
   minutes, secs = divmod(rest, 60)

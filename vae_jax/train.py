@@ -477,7 +477,7 @@ def _summary(results):
     if len(values) == 1:
       terms.append(f'{name} {values[0]:.2f}')
     else:
-      terms.append(f'{name} {np.mean(values):.2f} \u00b1 {np.std(values):.2f}')
+      terms.append(f'{name} {np.mean(values):.2f} \u00b1 {np.std(values, ddof=1):.2f}')
   return ', '.join(terms)
 
 
@@ -636,19 +636,19 @@ def _final_evaluation(trainer: Trainer, state) -> dict:
                            dict(summary, step=step))
   elbos = [m['elbo'] for m in results]
   vlog.info(f'Final held-out ELBO ({config.data.eval_split}, {images}), '
-            f'{len(elbos)} seeds: {np.mean(elbos):.2f} \u00b1 {np.std(elbos):.2f} nats '
+            f'{len(elbos)} seeds: {np.mean(elbos):.2f} \u00b1 {np.std(elbos, ddof=1):.2f} nats '
             f'(per seed: {", ".join(f"{e:.2f}" for e in elbos)})')
   return summary
 
 
 def _across_seeds(results, seeds) -> dict:
-  """Means of each scalar metric over the replicas, '<name>_std', and 'per_seed'."""
+  """Means of each scalar metric over the replicas, '<name>_std' (sample std, ddof=1), 'per_seed'."""
   summary = {}
   for name in results[0]:
     values = [m[name] for m in results]
     if all(np.ndim(v) == 0 for v in values):
       summary[name] = float(np.mean(values))
-      summary[f'{name}_std'] = float(np.std(values))
+      summary[f'{name}_std'] = float(np.std(values, ddof=1))
   summary['per_seed'] = {str(seed): {k: v for k, v in m.items() if np.ndim(v) == 0}
                          for seed, m in zip(seeds, results)}
   return summary

@@ -24,6 +24,10 @@ Variants, comma-separated key=value after the colon:
              epochs each (3^i shares would leave a short run ~2/3 at 1e-4).
                                                               default budget
   epochs     length of the budget schedule.                   default 400
+  warmup     KL warm-up over this many epochs (objective=elbo only; Bowman
+             et al. 2016, Sønderby et al. 2016): beta rises linearly from 0
+             to 1. It keeps the two-layer VAE from collapsing onto a few
+             latents (experiments/iwae_burda/README.md).  default 0
   runlocal   a few hundred steps on the real data, for a smoke test.
 
 Expected results (test log p(x), K = 5,000): the paper's fixed-binarisation
@@ -37,7 +41,8 @@ from vae_jax import config as config_lib
 
 PAPER_EPOCHS = sum(3 ** i for i in range(8))  # 3,280
 _DEFAULTS = {'objective': 'iwae', 'k': '5', 'layers': '1', 'schedule': 'budget',
-             'epochs': '400'}
+             'epochs': '400', 'warmup': '0'}
+STEPS_PER_EPOCH = 50_000 // 20  # the 50,000 training images at batch 20
 
 
 def parse_arg(arg):
@@ -80,6 +85,7 @@ def get_config(arg=None):
   c.optimizer.b1, c.optimizer.b2, c.optimizer.eps = 0.9, 0.999, 1e-4
   c.optimizer.schedule = 'burda' if options['schedule'] == 'paper' else 'burda_equal'
   c.train.batch_size = 20
+  c.objective.kl_warmup_steps = int(float(options['warmup']) * STEPS_PER_EPOCH)
   c.train.num_epochs = float(PAPER_EPOCHS if options['schedule'] == 'paper'
                              else options['epochs'])
   # 2,500 steps per epoch of tiny matmuls: many steps per call keep dispatch cheap.

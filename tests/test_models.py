@@ -119,3 +119,16 @@ def test_iwae_config_two_layers():
   assert (c.model.latent_dim, tuple(c.model.upper_latent_dims)) == (100, (50,))
   assert tuple(c.model.hidden) == (200, 200)
   assert tuple(map(tuple, c.model.upper_hidden)) == ((100, 100),)
+
+
+def test_iwae_config_kl_warmup_in_epochs():
+  spec = importlib.util.spec_from_file_location(
+      'iwae_config', os.path.join(os.path.dirname(os.path.dirname(__file__)), 'configs', 'iwae.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config('objective=elbo,k=1,layers=2,epochs=200,warmup=50')
+  config_lib.validate(c, num_devices=1)
+  assert c.objective.kl_warmup_steps == 125_000  # 50 epochs of 2,500 steps
+  assert module.get_config('objective=iwae,k=5').objective.kl_warmup_steps == 0
+  with pytest.raises(config_lib.ConfigError, match=r'config\.objective\.kl_warmup_steps'):
+    config_lib.validate(module.get_config('objective=iwae,k=5,warmup=10'), num_devices=1)

@@ -109,11 +109,17 @@ def test_upper_layers_are_validated(dims, hidden):
     config_lib.validate(c, num_devices=1)
 
 
-def test_iwae_config_two_layers():
+def _iwae_config_module():
+  """configs/iwae.py as a module (configs/ is not a package)."""
   spec = importlib.util.spec_from_file_location(
       'iwae_config', os.path.join(os.path.dirname(os.path.dirname(__file__)), 'configs', 'iwae.py'))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
+  return module
+
+
+def test_iwae_config_two_layers():
+  module = _iwae_config_module()
   c = module.get_config('objective=iwae,k=5,layers=2')
   config_lib.validate(c, num_devices=1)
   assert (c.model.latent_dim, tuple(c.model.upper_latent_dims)) == (100, (50,))
@@ -122,10 +128,7 @@ def test_iwae_config_two_layers():
 
 
 def test_iwae_config_kl_warmup_in_epochs():
-  spec = importlib.util.spec_from_file_location(
-      'iwae_config', os.path.join(os.path.dirname(os.path.dirname(__file__)), 'configs', 'iwae.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = _iwae_config_module()
   c = module.get_config('objective=elbo,k=1,layers=2,epochs=200,warmup=50')
   config_lib.validate(c, num_devices=1)
   assert c.objective.kl_warmup_steps == 125_000  # 50 epochs of 2,500 steps

@@ -228,15 +228,12 @@ def _posterior_statistics(model, params, x, key, start, *, num_samples):
   dim = objectives.noise_dim(model, mean.shape[-1])
   eps = _standard_normal_draws(image_keys(key, start, batch), 0, num_samples, dim)
 
-  def rows(a):  # [S, B, D] -> [S * B, D]
-    return jnp.broadcast_to(a, (num_samples,) + a.shape[-2:]).reshape(-1, a.shape[-1])
-
   def average(a):  # [S * B, D] -> [B, D]
     return jnp.mean(a.reshape(num_samples, batch, -1), axis=0)
 
-  zs, means, log_q = objectives.posterior_chain(model, params, rows(mean), rows(log_var),
-                                                rows(eps))
-  rate = log_q - objectives.prior_log_prob(model, params, zs)
+  rows = functools.partial(objectives.sample_rows, num_samples=num_samples)
+  _, means, rate = objectives.posterior_chain(model, params, rows(mean), rows(log_var),
+                                              rows(eps))
   upper_means = [average(m) for m in means[1:]]
   return {'mean': jnp.concatenate([mean] + upper_means, axis=-1), 'kl': average(rate)}
 

@@ -48,7 +48,7 @@ def load_trained(workdir, step=None):
   """(experiment, params, step) of a workdir, from its config.json and a checkpoint."""
   config = workdir_lib.load_config(workdir)
   if config.train.num_seeds > 1:
-    seeds = [config.seed + i for i in range(config.train.num_seeds)]
+    seeds = train.replica_seeds(config)
     raise workdir_lib.WorkdirError(
         f'{workdir} trained {len(seeds)} seeds at once; each is a workdir of its own: '
         + ', '.join(train.replica_workdir(workdir, s) for s in seeds))

@@ -43,14 +43,19 @@ def noise_dim(model, latent_dim):
   return latent_dim + sum(upper_latent_dims(model))
 
 
+def sample_rows(a, num_samples):
+  """[B, D] or [num_samples, B, D] -> [num_samples * B, D]: one row per (sample, image)."""
+  return jnp.broadcast_to(a, (num_samples,) + a.shape[-2:]).reshape((-1, a.shape[-1]))
+
+
 def posterior_chain(model, params, mean, log_var, eps):
   """Draws z_1, ..., z_L ~ q(z | x) through eps [N, D_1 + ... + D_L].
 
   mean and log_var [N, D_1] are q(z_1 | x)'s; eps is split into the layers'
-  draws, bottom-up. Returns (zs, means, log_q): the samples [N, D_l] of each
+  draws, bottom-up. Returns (zs, means, rate): the samples [N, D_l] of each
   layer, the mean of each layer's q at the sample below it (E q(z_1 | x) for
-  layer 1), and log q per latent [N, sum D], written through eps as in
-  `importance_log_weights`.
+  layer 1), and log q(z | x) - log p(z) per latent [N, sum D], log q written
+  through eps as in `importance_log_weights`.
   """
   dims = (mean.shape[-1],) + upper_latent_dims(model)
   eps_layers = jnp.split(eps, np.cumsum(dims)[:-1], axis=-1)
@@ -62,7 +67,7 @@ def posterior_chain(model, params, mean, log_var, eps):
     means.append(mean)
     zs.append(mean + jnp.exp(0.5 * log_var) * e)
     log_q.append(distributions.standard_normal_log_prob(e) - 0.5 * log_var)
-  return zs, means, jnp.concatenate(log_q, axis=-1)
+  return zs, means, jnp.concatenate(log_q, axis=-1) - prior_log_prob(model, params, zs)
 
 
 def prior_log_prob(model, params, zs):
@@ -85,12 +90,8 @@ def hierarchical_terms(model, params, x, mean, log_var, eps):
   samples go through each network as one batch.
   """
   k, batch = eps.shape[:2]
-
-  def rows(a):  # [k, B, ...] -> [k * B, ...]
-    return jnp.broadcast_to(a, (k,) + a.shape[-2:]).reshape((k * batch, a.shape[-1]))
-
-  zs, _, log_q = posterior_chain(model, params, rows(mean), rows(log_var), rows(eps))
-  rate = log_q - prior_log_prob(model, params, zs)
+  zs, _, rate = posterior_chain(model, params, sample_rows(mean, k), sample_rows(log_var, k),
+                                sample_rows(eps, k))
   out = decode(model, params, zs[0])
   out = out.reshape((k, batch) + out.shape[1:])
   return log_px_given_z(model, x, out), rate.reshape(k, batch, -1)

@@ -14,10 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from vae_jax import distributions
-
-
-def _upper_latent_dims(model):
-  return tuple(getattr(model, 'upper_latent_dims', ()))
+from vae_jax import objectives
 
 
 def decode_mean(model, params, z):
@@ -32,7 +29,7 @@ def decode_top(model, params, z, key=None, temperature=1.0):
   Each z_l below the top is the mean of p(z_l | z_{l+1}), or with `key` a
   sample from it with its std scaled by `temperature`. One layer: decode_mean.
   """
-  num_upper = len(_upper_latent_dims(model))
+  num_upper = len(objectives.upper_latent_dims(model))
   keys = [None] * num_upper if key is None else list(jax.random.split(key, num_upper))
   for layer in reversed(range(num_upper)):
     mean, log_var = model.apply({'params': params}, z, layer, method='prior_upper')
@@ -44,7 +41,7 @@ def decode_top(model, params, z, key=None, temperature=1.0):
 def encode_top_mean(model, params, x):
   """x's top latent through posterior means: E q(z_1 | x), then each mean of q(z_{l+1} | z_l)."""
   z, _ = model.apply({'params': params}, x, method='encode')
-  for layer in range(len(_upper_latent_dims(model))):
+  for layer in range(len(objectives.upper_latent_dims(model))):
     z, _ = model.apply({'params': params}, z, layer, method='encode_upper')
   return z
 
@@ -55,7 +52,7 @@ def prior_samples(model, params, key, num_samples, temperature=1.0):
   With several stochastic layers z is the top one and every layer below is
   drawn from p(z_l | z_{l+1}) with its std scaled by the same temperature.
   """
-  upper = _upper_latent_dims(model)
+  upper = objectives.upper_latent_dims(model)
   if not upper:
     z = temperature * jax.random.normal(key, (num_samples, model.latent_dim))
     return decode_mean(model, params, z)

@@ -83,9 +83,14 @@ def build_experiment(config) -> Experiment:
   model = models.make_model(config.model, dataset.image_shape)
   num_steps, steps_per_epoch = resolve_num_steps(config.train, dataset.num_train)
   tx = optim.make_optimizer(config.optimizer, num_steps)
-  seeds = tuple(config.seed + i for i in range(config.train.num_seeds))
+  seeds = replica_seeds(config)
   return Experiment(config, dataset, model, tx, num_steps, steps_per_epoch,
                     root_keys(config.seed), seeds)
+
+
+def replica_seeds(config) -> tuple:
+  """config.seed, config.seed + 1, ...: the seeds of the train.num_seeds replicas."""
+  return tuple(config.seed + i for i in range(config.train.num_seeds))
 
 
 def init_state(exp: Experiment, seed: int | None = None) -> TrainState:
@@ -469,16 +474,20 @@ def _seeds_note(num):
 
 def _summary(results):
   """'elbo -105.20, recon ...' of one run, or 'elbo -105.20 ± 0.31, ...' of several."""
-  terms = []
+  if len(results) == 1:
+    return ', '.join(f'{k} {float(v):.2f}' for k, v in results[0].items() if np.ndim(v) == 0)
+  return ', '.join(f'{name} {mean:.2f} \u00b1 {std:.2f}'
+                   for name, (mean, std) in _mean_and_std(results).items())
+
+
+def _mean_and_std(results) -> dict:
+  """{name: (mean, sample std with ddof=1)} over the replicas of each scalar metric."""
+  stats = {}
   for name in results[0]:
-    values = [float(m[name]) for m in results if np.ndim(m[name]) == 0]
-    if len(values) != len(results):
-      continue
-    if len(values) == 1:
-      terms.append(f'{name} {values[0]:.2f}')
-    else:
-      terms.append(f'{name} {np.mean(values):.2f} \u00b1 {np.std(values, ddof=1):.2f}')
-  return ', '.join(terms)
+    values = [m[name] for m in results]
+    if all(np.ndim(v) == 0 for v in values):
+      stats[name] = (float(np.mean(values)), float(np.std(values, ddof=1)))
+  return stats
 
 
 def _restore_common_step(replicas, targets):
@@ -636,7 +645,7 @@ def _final_evaluation(trainer: Trainer, state) -> dict:
                            dict(summary, step=step))
   elbos = [m['elbo'] for m in results]
   vlog.info(f'Final held-out ELBO ({config.data.eval_split}, {images}), '
-            f'{len(elbos)} seeds: {np.mean(elbos):.2f} \u00b1 {np.std(elbos, ddof=1):.2f} nats '
+            f'{len(elbos)} seeds: {summary["elbo"]:.2f} \u00b1 {summary["elbo_std"]:.2f} nats '
             f'(per seed: {", ".join(f"{e:.2f}" for e in elbos)})')
   return summary
 
@@ -644,11 +653,8 @@ def _final_evaluation(trainer: Trainer, state) -> dict:
 def _across_seeds(results, seeds) -> dict:
   """Means of each scalar metric over the replicas, '<name>_std' (sample std, ddof=1), 'per_seed'."""
   summary = {}
-  for name in results[0]:
-    values = [m[name] for m in results]
-    if all(np.ndim(v) == 0 for v in values):
-      summary[name] = float(np.mean(values))
-      summary[f'{name}_std'] = float(np.std(values, ddof=1))
+  for name, (mean, std) in _mean_and_std(results).items():
+    summary[name], summary[f'{name}_std'] = mean, std
   summary['per_seed'] = {str(seed): {k: v for k, v in m.items() if np.ndim(v) == 0}
                          for seed, m in zip(seeds, results)}
   return summary

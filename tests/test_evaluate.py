@@ -70,18 +70,29 @@ def linear_gaussian_problem(num_images, seed=0):
   return params, x.reshape(num_images, 1, OBS_DIM, 1).astype(np.float32), log_px
 
 
-@pytest.mark.parametrize('num_samples,chunk_size', [(1, 1), (10, 3), (1000, 300)])
-def test_exact_posterior_gives_the_exact_log_likelihood(num_samples, chunk_size):
-  model = LinearGaussianVAE()
-  params, x, log_px = linear_gaussian_problem(5)
+# Every estimator test runs on the one-layer model and on test_objectives.py's
+# two-layer linear-Gaussian chain, whose exact posterior factorises as
+# q(z_1 | x) q(z_2 | z_1) with diagonal Gaussians.
+LAYERS = pytest.mark.parametrize('model_class,problem', [
+    (LinearGaussianVAE, linear_gaussian_problem),
+    (HierarchicalLinearGaussian, hierarchical_problem)], ids=['one_layer', 'two_layers'])
+
+
+@LAYERS
+@pytest.mark.parametrize('num_samples,chunk_size', [(1, 1), (10, 3), (200, 64), (1000, 300)])
+def test_exact_posterior_gives_the_exact_log_likelihood(model_class, problem, num_samples,
+                                                       chunk_size):
+  model = model_class()
+  params, x, log_px = problem(5)
   estimate = log_likelihood(model, params, x, jax.random.key(0), num_samples=num_samples,
                             chunk_size=chunk_size)
   np.testing.assert_allclose(estimate, log_px, rtol=1e-5)
 
 
-def test_estimate_converges_from_below_as_k_grows():
-  model = LinearGaussianVAE(std_scale=1.2, mean_shift=0.2)  # Wrong, but wider than p(z|x).
-  params, x, log_px = linear_gaussian_problem(5)
+@LAYERS
+def test_estimate_converges_from_below_as_k_grows(model_class, problem):
+  model = model_class(std_scale=1.2, mean_shift=0.2)  # Wrong, but wider than p(z|x).
+  params, x, log_px = problem(5)
   keys = jax.random.split(jax.random.key(1), 1000)
   small_k = jax.vmap(lambda k: log_likelihood(
       model, params, x, k, num_samples=3, chunk_size=3))(keys)
@@ -94,10 +105,11 @@ def test_estimate_converges_from_below_as_k_grows():
   assert np.all(np.abs(large_k - log_px) < gap_small_k)
 
 
+@LAYERS
 @pytest.mark.parametrize('chunk_size', [1, 10, 36, 100])
-def test_chunking_changes_only_float_rounding(chunk_size):
-  model = LinearGaussianVAE(std_scale=2.0, mean_shift=-0.5)
-  params, x, _ = linear_gaussian_problem(4)
+def test_chunking_changes_only_float_rounding(model_class, problem, chunk_size):
+  model = model_class(std_scale=2.0, mean_shift=-0.5)
+  params, x, _ = problem(4)
   key = jax.random.key(3)
   reference = log_likelihood(model, params, x, key, num_samples=37, chunk_size=37)
   chunked = log_likelihood(model, params, x, key, num_samples=37, chunk_size=chunk_size)
@@ -121,17 +133,19 @@ def test_memory_is_bounded_whatever_k():
   assert temp_bytes(10_000, 10_000) > 5 * small
 
 
+@LAYERS
 @pytest.mark.parametrize('batch_size', [1, 3, 10])
-def test_evaluate_log_likelihood_over_a_split(batch_size):
-  model = LinearGaussianVAE(std_scale=1.5)
-  params, x, _ = linear_gaussian_problem(7)
+def test_evaluate_log_likelihood_over_a_split(model_class, problem, batch_size):
+  model = model_class(std_scale=1.5)
+  params, x, _ = problem(7)
   key = jax.random.key(4)
   result = evaluate.evaluate_log_likelihood(
       model, params, x, key, num_samples=20, batch_size=batch_size, chunk_size=6, progress=False)
   # Image n is keyed by its index, so batching and padding leave each estimate unchanged.
   per_image = log_likelihood(model, params, x, key, num_samples=20, chunk_size=20)
   assert result['log_px'] == pytest.approx(float(np.mean(per_image)), abs=1e-5)
-  assert result['bits_per_dim'] == pytest.approx(-result['log_px'] / (OBS_DIM * math.log(2)))
+  dims = np.prod(x.shape[1:])  # OBS_DIM pixels
+  assert result['bits_per_dim'] == pytest.approx(-result['log_px'] / (dims * math.log(2)))
   assert result['num_samples'] == 20 and result['num_images'] == 7
 
 
@@ -204,53 +218,6 @@ def test_evaluate_elbo_averages_the_elbo_over_a_split(batch_size):
   if batch_size == len(x):  # One batch: the same draw as objectives.elbo at fold_in(key, 0).
     _, metrics = objectives.elbo(model, params, jnp.asarray(x), jax.random.fold_in(key, 0))
     assert result['elbo'] == pytest.approx(float(metrics['elbo']), rel=1e-5)
-
-
-# Two stochastic layers: the linear-Gaussian chain of test_objectives.py, whose
-# exact posterior factorises as q(z_1 | x) q(z_2 | z_1) with diagonal Gaussians.
-@pytest.mark.parametrize('num_samples,chunk_size', [(1, 1), (10, 3), (200, 64)])
-def test_two_layers_exact_posterior_gives_the_exact_log_likelihood(num_samples, chunk_size):
-  model = HierarchicalLinearGaussian()
-  params, x, log_px = hierarchical_problem(5)
-  estimate = log_likelihood(model, params, x, jax.random.key(0), num_samples=num_samples,
-                            chunk_size=chunk_size)
-  np.testing.assert_allclose(estimate, log_px, rtol=1e-5)
-
-
-def test_two_layers_estimate_converges_from_below_as_k_grows():
-  model = HierarchicalLinearGaussian(std_scale=1.2, mean_shift=0.2)
-  params, x, log_px = hierarchical_problem(5)
-  keys = jax.random.split(jax.random.key(1), 1000)
-  small_k = jax.vmap(lambda k: log_likelihood(
-      model, params, x, k, num_samples=3, chunk_size=3))(keys)
-  gap_small_k = log_px - np.mean(small_k, axis=0)
-  se = np.std(small_k, axis=0) / math.sqrt(len(keys))
-  assert np.all(gap_small_k > 3 * se)
-  large_k = log_likelihood(model, params, x, jax.random.key(2), num_samples=5000,
-                           chunk_size=1000)
-  assert np.all(np.abs(large_k - log_px) < 0.05)
-  assert np.all(np.abs(large_k - log_px) < gap_small_k)
-
-
-@pytest.mark.parametrize('chunk_size', [1, 10, 36])
-def test_two_layers_chunking_changes_only_float_rounding(chunk_size):
-  model = HierarchicalLinearGaussian(std_scale=2.0, mean_shift=-0.5)
-  params, x, _ = hierarchical_problem(4)
-  key = jax.random.key(3)
-  reference = log_likelihood(model, params, x, key, num_samples=37, chunk_size=37)
-  chunked = log_likelihood(model, params, x, key, num_samples=37, chunk_size=chunk_size)
-  np.testing.assert_allclose(chunked, reference, rtol=1e-6, atol=1e-5)
-
-
-@pytest.mark.parametrize('batch_size', [1, 3])
-def test_two_layers_evaluate_log_likelihood_over_a_split(batch_size):
-  model = HierarchicalLinearGaussian(std_scale=1.5)
-  params, x, _ = hierarchical_problem(7)
-  key = jax.random.key(4)
-  result = evaluate.evaluate_log_likelihood(
-      model, params, x, key, num_samples=20, batch_size=batch_size, chunk_size=6, progress=False)
-  per_image = log_likelihood(model, params, x, key, num_samples=20, chunk_size=20)
-  assert result['log_px'] == pytest.approx(float(np.mean(per_image)), abs=1e-5)
 
 
 def _exact_posterior_means(params, x):

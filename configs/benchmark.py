@@ -1,6 +1,6 @@
 """The benchmark's reference model (issue 6): 784-400-20 MLP VAE on binarized MNIST.
 
-  TFDS_DATA_DIR=../shared/tensorflow_datasets python -m scripts.benchmark \
+  TFDS_DATA_DIR=/path/to/tensorflow_datasets python -m scripts.benchmark \
     --config=configs/benchmark.py --output=benchmarks/cpu_b128_spc10.json
 
 ReLU encoder 784-400-(2x20) and decoder 20-400-784, Bernoulli likelihood, Adam

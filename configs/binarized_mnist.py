@@ -1,6 +1,6 @@
 """One-stochastic-layer MLP VAE on TFDS binarized_mnist (Larochelle's fixed binarisation).
 
-  TFDS_DATA_DIR=../shared/tensorflow_datasets \
+  TFDS_DATA_DIR=/path/to/tensorflow_datasets \
     python -m vae_jax.main --config=configs/binarized_mnist.py --workdir=/tmp/vae_bmnist
 
 784-500-500-50 ReLU encoder and mirrored decoder, Bernoulli likelihood, Adam 1e-3

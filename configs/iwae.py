@@ -1,6 +1,6 @@
 """Burda et al. 2015, "Importance Weighted Autoencoders", on TFDS binarized_mnist.
 
-  TFDS_DATA_DIR=../shared/tensorflow_datasets python -m vae_jax.main \
+  TFDS_DATA_DIR=/path/to/tensorflow_datasets python -m vae_jax.main \
     --config=configs/iwae.py:objective=elbo,k=1,layers=1,schedule=budget \
     --workdir=/tmp/runs/iwae_vae_k1
   python -m vae_jax.evaluate_workdir --workdir=/tmp/runs/iwae_vae_k1 --split=test \

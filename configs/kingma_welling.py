@@ -1,6 +1,6 @@
 """Kingma & Welling 2013, "Auto-Encoding Variational Bayes", figure 2 (MNIST panel).
 
-  TFDS_DATA_DIR=../shared/tensorflow_datasets python -m vae_jax.main \
+  TFDS_DATA_DIR=/path/to/tensorflow_datasets python -m vae_jax.main \
     --config=configs/kingma_welling.py:latent=20 --workdir=/tmp/runs/kw_z20
 
 The paper's setup (sec. 5): one hidden layer of 500 tanh units in the encoder

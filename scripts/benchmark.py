@@ -46,6 +46,7 @@ from vae_jax import logging as vlog
 from vae_jax import objectives
 from vae_jax import sharding
 from vae_jax import train
+from vae_jax.models import likelihoods
 
 LOOP_TURNS = 3  # Runs of the real loop, each between two timings of the bare step.
 MATMUL_RUN_FLOPS = 5e8  # Matmuls per timed run: enough that waiting once does not count.
@@ -182,8 +183,10 @@ def layer_flops(model, params, image_shape):
   counted as XLA runs it, a convolution over the zero-dilated input.
   """
   x = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+  eps = jnp.zeros((1, 1, model.noise_dim), jnp.float32)  # One sample of one image.
+  labels = jnp.zeros((1,), jnp.int32) if model.num_classes else None
   _, state = jax.eval_shape(
-      lambda p: model.apply({'params': p}, x, jax.random.key(0),
+      lambda p: model.apply({'params': p}, x, eps, labels,
                             capture_intermediates=True, mutable=['intermediates']), params)
   outputs = flax.traverse_util.flatten_dict(state['intermediates'])
   layers = []
@@ -279,10 +282,22 @@ def measure_matmuls(layers, batch_size, squares, repeats, seconds):
 # ----------------------------------------------------------------------------- bare step
 
 
-def _to_float(batch, binarization, key):
-  """What the dataset's images become in a step, written in plain jnp."""
+def _to_float(batch, binarization, key, dequantize=False):
+  """What the dataset's images become in a step, written in plain jnp.
+
+  dequantize (a continuous likelihood, as the library's step does it):
+  (v + u) / levels, u ~ U[0, 1), for the integer pixel values v.
+  """
   x = batch.astype(jnp.float32)
-  if jnp.issubdtype(batch.dtype, jnp.integer) and binarization != 'static':
+  integer = jnp.issubdtype(batch.dtype, jnp.integer)
+  if dequantize:
+    if binarization == 'dynamic':
+      binarize_key, key = jax.random.split(key)
+      x = jax.random.bernoulli(binarize_key, x / 255.0 if integer else x).astype(jnp.float32)
+    levels = 256 if binarization == 'none' else 2
+    noisy = jnp.minimum(x + jax.random.uniform(key, x.shape), jnp.nextafter(x + 1.0, x))
+    return noisy / levels
+  if integer and binarization != 'static':
     x = x / 255.0
   if binarization == 'dynamic':
     x = jax.random.bernoulli(key, x).astype(jnp.float32)
@@ -290,32 +305,36 @@ def _to_float(batch, binarization, key):
 
 
 def make_bare_step(model, learning_rate, binarization, unroll=1):
-  """A hand-written Bernoulli-ELBO Adam step, scanned; nothing the library adds.
+  """A hand-written ELBO Adam step, scanned; nothing the library adds.
 
   No metrics, no finiteness check, no KL schedule, no per-step fold_in: the
-  floor that the library's step is compared with. Non-Bernoulli likelihoods use
-  the library's log_px_given_z. `unroll` is the scan's, as the library chooses
-  it (train.scan_unroll: conv models on CPU unroll, MLPs do not).
+  floor that the library's step is compared with. The model's terms come from
+  the contract (objectives.terms: one reparameterised sample per image, the
+  analytic KL where the model has one, else log q - log p); the Bernoulli
+  log-likelihood is written out in plain jnp on the decoder's logits, other
+  likelihoods use the model's own. `unroll` is the scan's, as the library
+  chooses it (train.scan_unroll: conv models on CPU unroll, MLPs do not).
   """
   tx = optax.adam(learning_rate)
+  bernoulli = isinstance(model.likelihood, likelihoods.Bernoulli)
+  dequantize = model.likelihood.dequantize
 
   def loss_fn(params, x, key):
-    mean, log_var = model.apply({'params': params}, x, method='encode')
-    z = mean + jnp.exp(0.5 * log_var) * jax.random.normal(key, mean.shape)
-    out = model.apply({'params': params}, z, method='decode')
-    if model.likelihood == 'bernoulli':
-      logits, flat_x = out.reshape(out.shape[0], -1), x.reshape(x.shape[0], -1)
+    eps = objectives.draw_noise(model, key, 1, x.shape[0])  # The values of normal(key, [B, D]).
+    t = objectives.terms(model, params, x, eps)
+    if bernoulli:  # t.log_px_z is then unused, and dropped by XLA.
+      logits, flat_x = t.out[0].reshape(x.shape[0], -1), x.reshape(x.shape[0], -1)
       recon = jnp.sum(flat_x * logits - jax.nn.softplus(logits), axis=-1)
     else:
-      recon = objectives.log_px_given_z(model, x, out)
-    kl = 0.5 * jnp.sum(jnp.exp(log_var) + jnp.square(mean) - 1.0 - log_var, axis=-1)
+      recon = t.log_px_z[0]
+    kl = jnp.sum(objectives.rates(t)[0], axis=-1)
     return jnp.mean(kl - recon)
 
   def one_step(carry, batch):
     params, opt_state, key = carry
     key, data_key, sample_key = jax.random.split(key, 3)
-    loss, grads = jax.value_and_grad(loss_fn)(params, _to_float(batch, binarization, data_key),
-                                              sample_key)
+    x = _to_float(batch, binarization, data_key, dequantize)
+    loss, grads = jax.value_and_grad(loss_fn)(params, x, sample_key)
     updates, opt_state = tx.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), opt_state, key), loss
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's performance table: every row, one benchmark process each, in turn.
-#   TFDS_DATA_DIR=../shared/tensorflow_datasets bash scripts/benchmarks.sh [OUT_DIR]
+#   TFDS_DATA_DIR=/path/to/tensorflow_datasets bash scripts/benchmarks.sh [OUT_DIR]
 # Each run writes OUT_DIR/<row>.json (default benchmarks/) and prints its
 # headline lines; scripts/benchmark_table.py turns the JSON files into the table.
 set -euo pipefail

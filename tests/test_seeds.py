@@ -208,8 +208,8 @@ def test_a_replica_stays_bit_identical_when_another_skips_a_step(monkeypatch, tm
   def poisoned(*args, **kwargs):
     loss_fn = real(*args, **kwargs)
 
-    def loss(params, x, key, step):
-      value, metrics = loss_fn(params, x, key, step)
+    def loss(params, x, key, step, labels=None):
+      value, metrics = loss_fn(params, x, key, step, labels)
       return jnp.where(is_bad_step(step, key), jnp.nan, value), metrics
     return loss
 

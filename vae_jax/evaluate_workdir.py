@@ -1,6 +1,6 @@
 """Evaluates a trained workdir on one split and writes the numbers as JSON beside it.
 
-  TFDS_DATA_DIR=../shared/tensorflow_datasets python -m vae_jax.evaluate_workdir \
+  TFDS_DATA_DIR=/path/to/tensorflow_datasets python -m vae_jax.evaluate_workdir \
       --workdir=DIR --split=test --num_samples=5000
 
 writes DIR/eval_test_k5000.json: the importance-sampled log p(x) with K samples
@@ -19,12 +19,14 @@ import jax
 import numpy as np
 from absl import app
 from absl import flags
+from absl import logging
 
 from vae_jax import checkpoint
 from vae_jax import data
 from vae_jax import evaluate
 from vae_jax import generate
 from vae_jax import logging as vlog
+from vae_jax import train
 from vae_jax import workdir as workdir_lib
 
 
@@ -43,17 +45,22 @@ def _define_flags():
   flags.mark_flag_as_required('workdir')
 
 
-def split_images(config, dataset, split):
-  """float32 [N, H, W, C] images of `split`, binarised as the run's evaluation was."""
+def split_images(config, dataset, split, dequantize=False):
+  """(float32 [N, H, W, C] images, labels [N] or None) of `split`, as the run's evaluation saw them.
+
+  Binarised (and dequantised, for a continuous likelihood) with the run's fixed draw.
+  """
   if split == config.data.eval_split:
-    stored = dataset.eval
+    stored, labels = dataset.eval, dataset.eval_labels
   elif split == config.data.train_split:
-    stored = dataset.train
+    stored, labels = dataset.train, dataset.train_labels
   else:
     data_config = config.data.copy_and_resolve_references()
     data_config.eval_split = split
-    stored = data.load(data_config).eval
-  return data.fixed_eval_images(dataclasses.replace(dataset, eval=stored), config.seed)
+    loaded = data.load(data_config)
+    stored, labels = loaded.eval, loaded.eval_labels
+  view = dataclasses.replace(dataset, eval=stored, eval_labels=labels)
+  return data.fixed_eval_images(view, config.seed, dequantize=dequantize), labels
 
 
 def output_path(workdir, split, num_samples, num_images=0):
@@ -68,9 +75,11 @@ def evaluate_workdir(workdir, split='test', num_samples=5000, num_images=0, step
   start = time.perf_counter()
   exp, params, step = generate.load_trained(workdir, step)
   config, model, key = exp.config, exp.model, exp.keys['eval']
-  images = split_images(config, exp.dataset, split)
+  images, labels = split_images(config, exp.dataset, split, model.likelihood.dequantize)
+  labels = train.labels_of(exp, labels)
   if num_images:
     images = images[:num_images]
+    labels = None if labels is None else labels[:num_images]
   batch = config.eval.batch_size
   results = {
       'workdir': os.path.abspath(workdir), 'split': split, 'step': step,
@@ -78,15 +87,18 @@ def evaluate_workdir(workdir, split='test', num_samples=5000, num_images=0, step
   }
   results.update(evaluate.evaluate_log_likelihood(
       model, params, images, key, num_samples=num_samples, batch_size=batch_size,
-      chunk_size=chunk_size, progress=progress))
-  results.update(evaluate.evaluate_elbo(model, params, images, key, batch_size=batch))
+      chunk_size=chunk_size, progress=progress, labels=labels))
+  results.update(evaluate.evaluate_elbo(model, params, images, key, batch_size=batch,
+                                        labels=labels))
   # Draws above z_1 of a hierarchical model: a key of their own, split off (the
   # images' log p(x) keys are fold_in(key, n)).
   posterior_key = jax.random.split(key)[1]
   results.update(evaluate.active_units(model, params, images, batch_size=batch,
-                                       key=posterior_key))
-  results['kl_per_dim'] = np.asarray(evaluate.kl_per_dimension(
-      model, params, images, batch_size=batch, key=posterior_key)).tolist()
+                                       key=posterior_key, labels=labels))
+  kl = evaluate.kl_per_layer(model, params, images, batch_size=batch, key=posterior_key,
+                             labels=labels)
+  results['kl_per_dim'] = np.concatenate(kl).tolist()
+  results['kl_per_layer'] = [float(np.sum(k)) for k in kl]
   results['wall_time_s'] = time.perf_counter() - start
   path = output_path(workdir, split, num_samples, num_images)
   workdir_lib.write_json(path, results)
@@ -100,6 +112,8 @@ def evaluate_workdir(workdir, split='test', num_samples=5000, num_images=0, step
 def main(argv):
   del argv
   FLAGS = flags.FLAGS  # pylint: disable=invalid-name
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO.
   try:
     evaluate_workdir(FLAGS.workdir, FLAGS.split, FLAGS.num_samples, FLAGS.num_images,
                      FLAGS.step, FLAGS.batch_size, FLAGS.chunk_size)

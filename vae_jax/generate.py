@@ -6,9 +6,11 @@
 Writes PNG grids into DIR/generated/ (or --output_dir): prior samples per
 temperature, chosen held-out images beside their reconstructions, a latent
 interpolation between two held-out images, and latent traversals (one row per
-latent dimension, the most informative dimensions, by KL, first). In a model
-with several stochastic layers, interpolation and traversal move the top layer
-(see sampling.py).
+latent dimension, the most informative dimensions, by KL, first; by the
+variance of the posterior mean where the top layer's KL is not per latent). In a
+model with several stochastic layers, interpolation and traversal move the top
+layer (see sampling.py). A conditional VAE draws one row of samples per class,
+and reconstructs, interpolates and traverses with the images' own labels.
 """
 
 import os
@@ -18,6 +20,7 @@ import jax
 import numpy as np
 from absl import app
 from absl import flags
+from absl import logging
 
 from vae_jax import checkpoint
 from vae_jax import data
@@ -76,29 +79,55 @@ def generate(workdir, out_dir, temperatures, num_samples, reconstruct, interpola
   exp, params, step = load_trained(workdir, step)
   os.makedirs(out_dir, exist_ok=True)
   model = exp.model
-  eval_images = data.fixed_eval_images(exp.dataset, exp.config.seed)
+  dequantize = model.likelihood.dequantize
+  eval_images = data.fixed_eval_images(exp.dataset, exp.config.seed, dequantize=dequantize)
+  eval_labels = train.labels_of(exp, exp.dataset.eval_labels)
   key = jax.random.key(seed)
+  labels, columns = None, None
+  if model.num_classes:  # One row per class.
+    columns = max(1, num_samples // model.num_classes)
+    labels = np.repeat(np.arange(model.num_classes), columns)
+    num_samples = len(labels)
   for t in temperatures:
-    _save(out_dir, f'samples_t{t:g}', sampling.prior_samples(model, params, key, num_samples, t))
-  x = eval_images[np.asarray(reconstruct, int)]
-  _save(out_dir, 'reconstructions',
-        sampling.side_by_side(x, sampling.reconstructions(model, params, x)), columns=16)
-  a, b = eval_images[interpolate[0]], eval_images[interpolate[1]]
-  _save(out_dir, 'interpolation', sampling.interpolate(model, params, a, b, 12), columns=12)
-  kl = np.asarray(evaluate.kl_per_dimension(
-      model, params, eval_images[:1000], batch_size=500, key=jax.random.fold_in(key, 1)))
-  kl = evaluate.split_layers(model, kl)[-1]  # Traversals move the top layer.
-  dims = np.argsort(-kl)[:traverse_dims]
+    _save(out_dir, f'samples_t{t:g}',
+          sampling.prior_samples(model, params, key, num_samples, t, labels), columns=columns)
+  chosen = np.asarray(reconstruct, int)
+  x = eval_images[chosen]
+  _save(out_dir, 'reconstructions', sampling.side_by_side(
+      x, sampling.reconstructions(model, params, x, labels=_take(eval_labels, chosen))),
+        columns=16)
+  pair = np.asarray(interpolate[:2], int)
+  a, b = eval_images[pair]
+  _save(out_dir, 'interpolation',
+        sampling.interpolate(model, params, a, b, 12, labels=_take(eval_labels, pair)),
+        columns=12)
+  top = dict(batch_size=500, key=jax.random.fold_in(key, 1),
+             labels=_take(eval_labels, np.arange(min(1000, len(eval_images)))))
+  kl = evaluate.kl_per_layer(model, params, eval_images[:1000], **top)[-1]
+  score, unit = kl, 'KL (nats)'
+  dim = model.latent_dims[-1]
+  if kl.shape[0] != dim:  # The top layer's KL is not per latent: rank by activity.
+    score = np.asarray(evaluate.active_units(model, params, eval_images[:1000], **top)[
+        'posterior_mean_variance'][-dim:])
+    unit = 'Var_x E_q[z | x]'
+  dims = np.argsort(-score)[:traverse_dims]
   values = np.linspace(-3.0, 3.0, 11)
+  label = None if eval_labels is None else int(eval_labels[traverse])
   _save(out_dir, 'traversal',
-        sampling.traversal(model, params, eval_images[traverse], dims, values), columns=11)
-  vlog.info(f'generated from step {step}; latent dims by KL (nats): '
-            + ', '.join(f'{d}:{kl[d]:.2f}' for d in dims))
+        sampling.traversal(model, params, eval_images[traverse], dims, values, label), columns=11)
+  vlog.info(f'generated from step {step}; latent dims by {unit}: '
+            + ', '.join(f'{d}:{score[d]:.2f}' for d in dims))
+
+
+def _take(labels, indices):
+  return None if labels is None else labels[indices]
 
 
 def main(argv):
   del argv
   FLAGS = flags.FLAGS  # pylint: disable=invalid-name
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO.
   out_dir = FLAGS.output_dir or os.path.join(FLAGS.workdir, 'generated')
   try:
     generate(FLAGS.workdir, out_dir, [float(t) for t in FLAGS.temperatures],

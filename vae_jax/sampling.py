@@ -1,71 +1,52 @@
 """Generation: prior samples, reconstructions, interpolations, traversals.
 
 Each function is pure in (model, params, inputs, key) and returns images in
-[0, 1] (the mean of p(x | z_1), which is what one looks at); `save_*` helpers in
-generate.py and the training loop write them as PNG grids.
-
-In a model with several stochastic layers (Burda et al. 2015) prior samples are
-ancestral, from z_L ~ N(0, I) down; reconstructions go through z_1 (x -> z_1 ->
-x); interpolations and traversals move the top latent z_L, the one with the
-N(0, I) prior, and decode it through the means of the conditional priors.
+[0, 1] (the mean of p(x | z), which is what one looks at); `save_*` helpers in
+generate.py and the training loop write them as PNG grids. They read only the
+model's contract: `sample` (ancestral samples from the prior), `decode` (top
+latents down to the likelihood's parameters) and the terms of a call. In a
+model with several stochastic layers interpolations and traversals move the
+top latent z_L, the one the prior p(z_L) describes, and decode it through the
+means of the conditional priors below.
 """
 
 import jax
 import jax.numpy as jnp
 
-from vae_jax import distributions
 from vae_jax import objectives
 
 
-def decode_mean(model, params, z):
-  """The mean image of p(x | z_1) for bottom latents z [N, D_1]."""
-  out = model.apply({'params': params}, z, method='decode')
-  return distributions.likelihood_mean(model.likelihood, out)
+def decode_mean(model, params, z, labels=None):
+  """The mean image of p(x | z) for top latents z [N, D_L] (through the means of the layers below)."""
+  out = model.apply({'params': params}, z, labels=labels, method='decode')
+  return model.likelihood.mean(out)
 
 
-def decode_top(model, params, z, key=None, temperature=1.0):
-  """The mean image for top latents z [N, D_L], through the layers below.
+def top_latent_mean(model, params, x, labels=None):
+  """x's top latent through posterior means: the terms with zero noise, [N, D_L].
 
-  Each z_l below the top is the mean of p(z_l | z_{l+1}), or with `key` a
-  sample from it with its std scaled by `temperature`. One layer: decode_mean.
+  A diagonal Gaussian with eps = 0 is its mean, so in Burda's chain this is
+  E q(z_1 | x), then each mean of q(z_{l+1} | z_l); a flow maps the mean through.
   """
-  num_upper = len(objectives.upper_latent_dims(model))
-  keys = [None] * num_upper if key is None else list(jax.random.split(key, num_upper))
-  for layer in reversed(range(num_upper)):
-    mean, log_var = model.apply({'params': params}, z, layer, method='prior_upper')
-    z = mean if key is None else distributions.gaussian_sample(
-        keys[layer], mean, log_var, temperature)
-  return decode_mean(model, params, z)
+  eps = jnp.zeros((1, x.shape[0], model.noise_dim))
+  return objectives.terms(model, params, x, eps, labels, decode=False).layers[-1].z[0]
 
 
-def encode_top_mean(model, params, x):
-  """x's top latent through posterior means: E q(z_1 | x), then each mean of q(z_{l+1} | z_l)."""
-  z, _ = model.apply({'params': params}, x, method='encode')
-  for layer in range(len(objectives.upper_latent_dims(model))):
-    z, _ = model.apply({'params': params}, z, layer, method='encode_upper')
-  return z
+def prior_samples(model, params, key, num_samples, temperature=1.0, labels=None):
+  """Ancestral samples from the prior, every std scaled by temperature.
 
-
-def prior_samples(model, params, key, num_samples, temperature=1.0):
-  """Decodes z ~ N(0, temperature^2 I): temperature < 1 trades variety for fidelity.
-
-  With several stochastic layers z is the top one and every layer below is
-  drawn from p(z_l | z_{l+1}) with its std scaled by the same temperature.
+  temperature < 1 trades variety for fidelity. `labels` [num_samples] choose
+  the classes of a conditional VAE.
   """
-  upper = objectives.upper_latent_dims(model)
-  if not upper:
-    z = temperature * jax.random.normal(key, (num_samples, model.latent_dim))
-    return decode_mean(model, params, z)
-  top_key, lower_key = jax.random.split(key)
-  z = temperature * jax.random.normal(top_key, (num_samples, upper[-1]))
-  return decode_top(model, params, z, lower_key, temperature)
+  out = model.apply({'params': params}, key, num_samples, temperature, labels, method='sample')
+  return model.likelihood.mean(out)
 
 
-def reconstructions(model, params, x, key=None):
-  """Reconstructs x through the mean of q(z_1 | x) (or one sample of it with `key`)."""
-  mean, log_var = model.apply({'params': params}, x, method='encode')
-  z = mean if key is None else distributions.gaussian_sample(key, mean, log_var)
-  return decode_mean(model, params, z)
+def reconstructions(model, params, x, key=None, labels=None):
+  """Reconstructs x through the posterior means (or one sample of q with `key`)."""
+  shape = (1, x.shape[0], model.noise_dim)
+  eps = jnp.zeros(shape) if key is None else jax.random.normal(key, shape)
+  return model.likelihood.mean(objectives.terms(model, params, x, eps, labels).out[0])
 
 
 def side_by_side(x, x_hat):
@@ -74,13 +55,15 @@ def side_by_side(x, x_hat):
   return stacked.reshape((-1,) + x.shape[1:])
 
 
-def interpolate(model, params, x_a, x_b, num_steps=10, spherical=False):
+def interpolate(model, params, x_a, x_b, num_steps=10, spherical=False, labels=None):
   """Decodes the path between the (top-layer) posterior means of two images.
 
   Spherical interpolation (White 2016, "Sampling Generative Networks") stays
-  near the shell where N(0, I) puts its mass; linear is the default.
+  near the shell where N(0, I) puts its mass; linear is the default. `labels`
+  are the two images' classes in a conditional VAE (the path is drawn with the
+  first one's).
   """
-  z_a, z_b = encode_top_mean(model, params, jnp.stack([x_a, x_b]))
+  z_a, z_b = top_latent_mean(model, params, jnp.stack([x_a, x_b]), labels)
   t = jnp.linspace(0.0, 1.0, num_steps)[:, None]
   if spherical:
     cos = jnp.dot(z_a, z_b) / (jnp.linalg.norm(z_a) * jnp.linalg.norm(z_b) + 1e-12)
@@ -89,19 +72,23 @@ def interpolate(model, params, x_a, x_b, num_steps=10, spherical=False):
     z = (jnp.sin((1 - t) * omega) * z_a + jnp.sin(t * omega) * z_b) / sin
   else:
     z = (1 - t) * z_a + t * z_b
-  return decode_top(model, params, z)
+  path_labels = None if labels is None else jnp.full((num_steps,), labels[0])
+  return decode_mean(model, params, z, path_labels)
 
 
-def traversal(model, params, x, dims, values):
+def traversal(model, params, x, dims, values, label=None):
   """One row per latent dim in `dims`: vary it over `values`, others at x's mean.
 
   The dims index the top layer's latents. Returns [len(dims) * len(values),
   H, W, C], row-major.
   """
-  z0 = encode_top_mean(model, params, x[None])[0]
+  labels = None if label is None else jnp.asarray([label])
+  z0 = top_latent_mean(model, params, x[None], labels)[0]
   dims = jnp.asarray(dims)
   values = jnp.asarray(values)
   z = jnp.tile(z0, (dims.shape[0], values.shape[0], 1))
   z = z.at[jnp.arange(dims.shape[0])[:, None], jnp.arange(values.shape[0])[None, :],
            dims[:, None]].set(values[None, :])
-  return decode_top(model, params, z.reshape((-1, z0.shape[0])))
+  z = z.reshape((-1, z0.shape[0]))
+  grid_labels = None if label is None else jnp.full((z.shape[0],), label)
+  return decode_mean(model, params, z, grid_labels)

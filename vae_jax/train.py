@@ -80,7 +80,9 @@ def root_keys(seed):
 
 def build_experiment(config) -> Experiment:
   dataset = data.load(config.data)
-  model = models.make_model(config.model, dataset.image_shape)
+  model = models.make_model(config.model, dataset.image_shape,
+                            levels=data.levels(dataset.binarization),
+                            num_classes=dataset.num_classes)
   num_steps, steps_per_epoch = resolve_num_steps(config.train, dataset.num_train)
   tx = optim.make_optimizer(config.optimizer, num_steps)
   seeds = replica_seeds(config)
@@ -96,9 +98,10 @@ def replica_seeds(config) -> tuple:
 def init_state(exp: Experiment, seed: int | None = None) -> TrainState:
   """The step-0 state of the run with `seed` (default: config.seed)."""
   keys = exp.keys if seed is None else root_keys(seed)
-  x = jnp.zeros((1,) + tuple(exp.dataset.image_shape), jnp.float32)
-  init_key, sample_key = jax.random.split(keys['init'])
-  params = exp.model.init({'params': init_key}, x, sample_key)['params']
+  # The second half of the split once drew the init call's noise; kept so that
+  # init_key, and so every initial parameter, stays what it has always been.
+  init_key, _ = jax.random.split(keys['init'])
+  params = models.init_params(exp.model, init_key, exp.dataset.image_shape)
   return TrainState(jnp.zeros((), jnp.int32), params, exp.tx.init(params))
 
 
@@ -180,8 +183,13 @@ def scan_unroll(config):
   return 1
 
 
+def labels_of(exp: Experiment, labels):
+  """The labels a conditional model reads; None for any other (nothing is sent to the step)."""
+  return labels if exp.model.num_classes else None
+
+
 def make_train_step(exp: Experiment):
-  """(state, train_images, indices [T, B], key) -> (state, per-step metrics [T]).
+  """(state, train_images, indices [T, B], key, train_labels=None) -> (state, metrics [T]).
 
   Runs T steps in one `lax.scan`. The key of step s is fold_in(key, s), split
   into the binarisation draw and the reparameterisation draw, so a step's
@@ -202,13 +210,15 @@ def make_train_step(exp: Experiment):
       num_samples=c.objective.num_samples)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   binarization = exp.dataset.binarization
+  dequantize = exp.model.likelihood.dequantize
   multi = len(exp.seeds) > 1
 
-  def train_step(state, images, indices, key):
+  def train_step(state, images, indices, key, labels=None):
     def one_step(state, idx):
       data_key, sample_key = jax.random.split(jax.random.fold_in(key, state.step))
-      x = data.to_float(images[idx], binarization, data_key)
-      (loss, metrics), grads = grad_fn(state.params, x, sample_key, state.step)
+      x = data.to_float(images[idx], binarization, data_key, dequantize=dequantize)
+      batch_labels = None if labels is None else labels[idx]
+      (loss, metrics), grads = grad_fn(state.params, x, sample_key, state.step, batch_labels)
       finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
 
       def apply(operands):
@@ -246,8 +256,11 @@ def make_train_step(exp: Experiment):
   step_fn = train_step
   if multi:
     axes = replica_axes(jax.eval_shape(lambda: init_state(exp)))
-    step_fn = jax.vmap(train_step, in_axes=(axes, None, 0, 0), out_axes=(axes, 0),
+    vmapped = jax.vmap(train_step, in_axes=(axes, None, 0, 0, None), out_axes=(axes, 0),
                        axis_name=SEEDS_AXIS)
+
+    def step_fn(state, images, indices, key, labels=None):
+      return vmapped(state, images, indices, key, labels)
   return jax.jit(step_fn, donate_argnums=(0,),
                  compiler_options=step_compiler_options(exp.config))
 
@@ -316,6 +329,7 @@ class Replica:
   workdir: str
   keys: dict
   eval_images: np.ndarray
+  eval_labels: np.ndarray | None
   ckpt: checkpoint.Checkpointer
   writer: vlog.MetricWriter
   last_saved_step: int | None = None
@@ -345,6 +359,8 @@ class Trainer:
     self.multi = len(self.exp.seeds) > 1
     self.replicas = [self._replica(seed) for seed in self.exp.seeds]
     self.train_images = sharding.put_replicated(self.exp.dataset.train, self.mesh)
+    labels = labels_of(self.exp, self.exp.dataset.train_labels)
+    self.train_labels = None if labels is None else sharding.put_replicated(labels, self.mesh)
     keys = [r.keys['train'] for r in self.replicas]
     self.train_keys = jnp.stack(keys) if self.multi else keys[0]
     self.step_fn = make_train_step(self.exp)
@@ -358,8 +374,10 @@ class Trainer:
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                    max_to_keep=c.train.max_checkpoints_to_keep)
     writer = vlog.MetricWriter(workdir, enabled=self.main, tensorboard=c.logging.tensorboard)
+    dequantize = self.exp.model.likelihood.dequantize
     return Replica(seed, workdir, root_keys(seed),
-                   data.fixed_eval_images(self.exp.dataset, seed), ckpt, writer)
+                   data.fixed_eval_images(self.exp.dataset, seed, dequantize=dequantize),
+                   labels_of(self.exp, self.exp.dataset.eval_labels), ckpt, writer)
 
   # The first replica's pieces, under the names a single run has always had.
   @property
@@ -411,7 +429,7 @@ class Trainer:
       indices = sharding.put_batch(np.stack(indices), self.mesh, batch_axis=2)
     else:
       indices = sharding.put_batch(indices[0], self.mesh, batch_axis=1)
-    return self.step_fn(state, self.train_images, indices, self.train_keys)
+    return self.step_fn(state, self.train_images, indices, self.train_keys, self.train_labels)
 
   def replica_states(self, state):
     """[(replica, its single-run state)] for a single or a stacked state."""
@@ -443,7 +461,8 @@ class Trainer:
     results = []
     for r, s in self.replica_states(TrainState(step, params, ())):
       metrics = evaluate.evaluate_elbo(self.exp.model, s.params, r.eval_images,
-                                       r.keys['eval'], batch_size=self.config.eval.batch_size)
+                                       r.keys['eval'], batch_size=self.config.eval.batch_size,
+                                       labels=r.eval_labels)
       r.writer.write(step, 'eval', metrics)
       results.append(metrics)
     vlog.info(f'eval at step {step} ({self.config.data.eval_split}'
@@ -459,13 +478,20 @@ class Trainer:
     model, s = self.exp.model, self.config.sampling
     for r, rs in self.replica_states(TrainState(step, params, ())):
       samples = sampling.prior_samples(model, rs.params, r.keys['sample'], s.num_samples,
-                                       s.temperature)
+                                       s.temperature, class_rows(model, s.num_samples))
       x = r.eval_images[:s.num_reconstructions]
-      pairs = sampling.side_by_side(x, sampling.reconstructions(model, rs.params, x))
+      labels = None if r.eval_labels is None else r.eval_labels[:s.num_reconstructions]
+      pairs = sampling.side_by_side(x, sampling.reconstructions(model, rs.params, x,
+                                                                labels=labels))
       for name, images, columns in (('samples', samples, None), ('reconstructions', pairs, 16)):
         grid = vlog.image_grid(np.asarray(images), columns=columns)
         vlog.save_png(os.path.join(r.workdir, f'{name}.png'), grid)
         r.writer.write_image(step, name, grid)
+
+
+def class_rows(model, num):
+  """Labels 0, 1, ..., C-1, 0, ... for `num` samples of a conditional model; None otherwise."""
+  return jnp.arange(num) % model.num_classes if model.num_classes else None
 
 
 def _seeds_note(num):
@@ -626,7 +652,7 @@ def _final_evaluation(trainer: Trainer, state) -> dict:
           exp.model, rs.params, r.eval_images, r.keys['eval'],
           num_samples=config.eval.num_importance_samples,
           batch_size=config.eval.importance_batch_size,
-          chunk_size=config.eval.importance_chunk_size)
+          chunk_size=config.eval.importance_chunk_size, labels=r.eval_labels)
       r.writer.write(step, 'eval', ll)
       metrics.update(ll)
     if trainer.main:

@@ -1,6 +1,6 @@
 """beta from 0.1 to 10 (8 values, log-spaced) x 2 seeds on binarized_mnist.
 
-  TFDS_DATA_DIR=../shared/tensorflow_datasets python scripts/sweep.py \
+  TFDS_DATA_DIR=/path/to/tensorflow_datasets python scripts/sweep.py \
       --sweep=experiments/beta_rate_distortion/sweep.py --sweep_dir=runs/beta --workers=1
   python scripts/aggregate.py --sweep_dir=runs/beta --x=objective.beta
 

@@ -1,0 +1,162 @@
+"""The latent-variable models: networks, priors, posteriors, likelihoods, and the VAE.
+
+`make_model(config.model, ...)` builds the VAE a config describes; every
+family is a module in this package plus a config field, checked by
+`validate_config` before anything is built.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vae_jax.models import likelihoods
+from vae_jax.models import nets
+from vae_jax.models import posteriors
+from vae_jax.models import priors
+from vae_jax.models.nets import (ACTIVATIONS, ARCHITECTURES, ConvDecoder, ConvEncoder,
+                                 MLPDecoder, MLPEncoder, depth_to_space)
+from vae_jax.models.vae import VAE, Layer, Terms
+
+LIKELIHOODS = likelihoods.LIKELIHOODS
+PRIORS = priors.PRIORS
+POSTERIORS = ('gaussian', 'iaf')
+
+
+class ModelConfigError(ValueError):
+  """A model field that cannot work; the message names the field."""
+
+
+def _check(ok, field, message):
+  if not ok:
+    raise ModelConfigError(f'config.model.{field}: {message}')
+
+
+def _positive_ints(values):
+  return all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
+
+
+def validate_config(model_config, *, has_labels, channels=None):
+  """Rejects model fields that cannot work together, naming the first such field.
+
+  `has_labels`: whether the dataset provides labels (a conditional VAE needs them).
+  """
+  m = model_config
+  _check(m.prior in PRIORS, 'prior', f'{m.prior!r} is not one of {PRIORS}')
+  _check(m.posterior in POSTERIORS, 'posterior', f'{m.posterior!r} is not one of {POSTERIORS}')
+  _check(_positive_ints([m.prior_components]), 'prior_components',
+         f'must be a positive int, got {m.prior_components!r}')
+  _check(_positive_ints([m.num_mixtures]), 'num_mixtures',
+         f'must be a positive int, got {m.num_mixtures!r}')
+  _check(isinstance(m.iaf_steps, int) and m.iaf_steps >= 0, 'iaf_steps',
+         f'must be an int >= 0, got {m.iaf_steps!r}')
+  _check(_positive_ints(tuple(m.iaf_hidden)) and len(m.iaf_hidden) > 0, 'iaf_hidden',
+         f'needs one or more positive widths, got {m.iaf_hidden!r}')
+  _check(_positive_ints([m.iaf_context_dim]), 'iaf_context_dim',
+         f'must be a positive int, got {m.iaf_context_dim!r}')
+  for field in ('conditional', 'class_conditional_prior'):
+    _check(isinstance(m[field], bool), field, f'expected True or False, got {m[field]!r}')
+  _check(not m.conditional or has_labels, 'conditional',
+         'this dataset has no labels (binarized_mnist provides none); a conditional VAE '
+         'needs one of embedded_mnist, mnist, fashion_mnist, cifar10')
+  _check(not m.class_conditional_prior or m.conditional, 'class_conditional_prior',
+         'needs model.conditional=True')
+  _check(not m.class_conditional_prior or m.prior == 'standard_normal', 'class_conditional_prior',
+         f"replaces the prior with one Gaussian per class; model.prior must stay "
+         f"'standard_normal', got {m.prior!r}")
+  if m.prior == 'vamp':
+    _check(m.posterior == 'gaussian', 'prior',
+           "'vamp' evaluates q(z | u) at its pseudo-inputs, which needs a density in closed "
+           "form: use model.posterior='gaussian'")
+    _check(not m.conditional, 'prior', "'vamp' pseudo-inputs carry no label: use "
+           "model.conditional=False or model.class_conditional_prior=True")
+    _check(not tuple(m.upper_latent_dims), 'prior',
+           "'vamp' is a prior for one stochastic layer; model.upper_latent_dims must be ()")
+  if m.likelihood == 'logistic_mixture' and channels is not None:
+    _check(channels in (1, 3), 'likelihood',
+           f"'logistic_mixture' models 1 or 3 channels, the data have {channels}")
+
+
+def _upper_layers(model_config, activation):
+  """The MLPs of q(z_{l+1} | z_l) and p(z_l | z_{l+1}) for the layers above z_1.
+
+  Each p mirrors its q, as the decoder mirrors the encoder; both emit the
+  (mean, log_var) of a diagonal Gaussian.
+  """
+  dims = tuple(model_config.get('upper_latent_dims', ()))
+  hidden = tuple(tuple(h) for h in model_config.get('upper_hidden', ()))
+  below = (model_config.latent_dim,) + dims[:-1]
+  encoders = tuple(MLPEncoder(h, 2 * d, activation) for h, d in zip(hidden, dims))
+  upper_priors = tuple(MLPEncoder(tuple(reversed(h)), 2 * d, activation)
+                       for h, d in zip(hidden, below))
+  return encoders, upper_priors, dims
+
+
+def _field(model_config, name, default):
+  """A field that configs written before it existed lack (an older workdir's config.json)."""
+  return model_config.get(name, default)
+
+
+def _posterior(model_config):
+  if _field(model_config, 'posterior', 'gaussian') == 'iaf':
+    return posteriors.IAFPosterior(model_config.iaf_steps, tuple(model_config.iaf_hidden),
+                                   model_config.iaf_context_dim)
+  return posteriors.DiagonalGaussian()
+
+
+def _prior(model_config, top_dim, image_shape, num_classes):
+  name = _field(model_config, 'prior', 'standard_normal')
+  if _field(model_config, 'class_conditional_prior', False):
+    return priors.ClassConditionalGaussian(top_dim, num_classes)
+  if name == 'mixture':
+    return priors.MixtureOfGaussians(top_dim, model_config.prior_components)
+  if name == 'vamp':
+    return priors.VampPrior(model_config.prior_components, tuple(image_shape))
+  return priors.StandardNormal(top_dim)
+
+
+def make_model(model_config, image_shape, *, levels=256, num_classes=0) -> VAE:
+  """Builds the VAE described by the config's `model` fields for `image_shape`.
+
+  `levels` is the number of pixel values of the data (2 binary, 256 8-bit), which a
+  dequantised continuous likelihood needs; `num_classes` the dataset's labels, used
+  when model.conditional is set. `hidden` (or `conv_features`) and `latent_dim`
+  give the bottom layer x <-> z_1; `upper_latent_dims` and `upper_hidden` add
+  stochastic layers above it, MLPs with the same activation.
+  """
+  activation = ACTIVATIONS[model_config.activation]
+  channels = image_shape[-1]
+  likelihood = likelihoods.make_likelihood(
+      model_config.likelihood, channels=channels, levels=levels,
+      num_mix=_field(model_config, 'num_mixtures', 10))
+  out_channels = likelihood.out_channels(channels)
+  posterior = _posterior(model_config)
+  features = posterior.num_features(model_config.latent_dim)
+  if model_config.architecture == 'mlp':
+    encoder = MLPEncoder(tuple(model_config.hidden), features, activation)
+    decoder = MLPDecoder(tuple(reversed(model_config.hidden)), tuple(image_shape), out_channels,
+                         activation)
+  elif model_config.architecture == 'conv':
+    encoder = ConvEncoder(tuple(model_config.conv_features), features, activation)
+    decoder = ConvDecoder(tuple(model_config.conv_features), tuple(image_shape), out_channels,
+                          activation)
+  else:
+    raise ValueError(f'config.model.architecture: unknown {model_config.architecture!r}')
+  upper_encoders, upper_priors, upper_dims = _upper_layers(model_config, activation)
+  conditional = _field(model_config, 'conditional', False)
+  top_dim = (model_config.latent_dim,) + upper_dims
+  prior = _prior(model_config, top_dim[-1], image_shape, num_classes)
+  return VAE(encoder, decoder, likelihood, posterior, prior, model_config.latent_dim,
+             upper_encoders, upper_priors, upper_dims, num_classes if conditional else 0)
+
+
+def init_params(model, key, image_shape):
+  """The model's initial parameters from `key` (the 'params' stream), for images of image_shape."""
+  x = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+  eps = jnp.zeros((1, 1, model.noise_dim))
+  labels = jnp.zeros((1,), jnp.int32) if model.num_classes else None
+  return model.init({'params': key}, x, eps, labels)['params']
+
+
+def count_params(params) -> int:
+  """Number of scalars in a parameter pytree."""
+  return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))

@@ -15,13 +15,9 @@ from vae_jax import config as config_lib
 
 
 def get_config(arg=None):
-  options = set(filter(None, (arg or '').split(',')))
-  unknown = options - {'conv', 'embedded'}
-  if unknown:
-    raise ValueError(f'configs/benchmark.py: unknown options {sorted(unknown)}; '
-                     "known: 'conv', 'embedded'")
+  options = config_lib.parse_options(arg, 'configs/benchmark.py', switches=('conv', 'embedded'))
   c = config_lib.default_config()
-  if 'embedded' not in options:
+  if not options['embedded']:
     c.data.name = 'binarized_mnist'
     c.data.binarization = 'static'
     c.data.download = False
@@ -29,7 +25,7 @@ def get_config(arg=None):
   c.model.latent_dim = 20
   c.model.activation = 'relu'
   c.model.likelihood = 'bernoulli'
-  if 'conv' in options:
+  if options['conv']:
     c.model.architecture = 'conv'
   c.optimizer.name = 'adam'
   c.optimizer.learning_rate = 1e-3

@@ -13,6 +13,7 @@ from vae_jax import config as config_lib
 
 
 def get_config(arg=None):
+  options = config_lib.parse_options(arg, 'configs/binarized_mnist.py', switches=('runlocal',))
   c = config_lib.default_config()
   c.data.name = 'binarized_mnist'
   c.data.binarization = 'static'
@@ -29,7 +30,7 @@ def get_config(arg=None):
   c.train.eval_every_steps = 10000
   c.train.checkpoint_every_steps = 10000
   c.eval.batch_size = 1000
-  if arg == 'runlocal':
+  if options['runlocal']:
     c.train.num_epochs = 0.0
     c.train.num_steps = 200
     c.train.log_every_steps = 50

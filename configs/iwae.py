@@ -40,30 +40,14 @@ epochs and wall times, are in experiments/iwae_burda/README.md.
 from vae_jax import config as config_lib
 
 PAPER_EPOCHS = sum(3 ** i for i in range(8))  # 3,280
-_DEFAULTS = {'objective': 'iwae', 'k': '5', 'layers': '1', 'schedule': 'budget',
-             'epochs': '400', 'warmup': '0'}
+_DEFAULTS = {'objective': 'iwae', 'k': 5, 'layers': 1, 'schedule': 'budget', 'epochs': 400.0,
+             'warmup': 0.0}
 STEPS_PER_EPOCH = 50_000 // 20  # the 50,000 training images at batch 20
 
 
-def parse_arg(arg):
-  """'objective=iwae,k=5,runlocal' -> {'objective': 'iwae', 'k': '5', 'runlocal': True, ...}."""
-  options = dict(_DEFAULTS)
-  for item in filter(None, (arg or '').split(',')):
-    key, sep, value = item.partition('=')
-    if key not in _DEFAULTS and key != 'runlocal':
-      raise ValueError(f'configs/iwae.py: unknown option {key!r}; known: '
-                       f'{sorted(_DEFAULTS) + ["runlocal"]}')
-    options[key] = value if sep else True
-  return options
-
-
 def get_config(arg=None):
-  options = parse_arg(arg)
-  if options['layers'] not in ('1', '2'):
-    raise ValueError(f"configs/iwae.py: layers must be 1 or 2, got {options['layers']!r}")
-  if options['schedule'] not in ('paper', 'budget'):
-    raise ValueError(f"configs/iwae.py: schedule must be 'paper' or 'budget', "
-                     f"got {options['schedule']!r}")
+  options = config_lib.parse_options(arg, 'configs/iwae.py', _DEFAULTS, ('runlocal',),
+                                     choices={'layers': (1, 2), 'schedule': ('paper', 'budget')})
   c = config_lib.default_config()
   c.data.name = 'binarized_mnist'
   c.data.binarization = 'static'
@@ -71,7 +55,7 @@ def get_config(arg=None):
   c.data.eval_split = 'validation'
   c.data.download = False
   c.model.hidden = (200, 200)
-  if options['layers'] == '1':
+  if options['layers'] == 1:
     c.model.latent_dim = 50
   else:
     c.model.latent_dim = 100
@@ -79,15 +63,14 @@ def get_config(arg=None):
     c.model.upper_hidden = ((100, 100),)
   c.model.activation = 'tanh'
   c.objective.name = options['objective']
-  c.objective.num_samples = int(options['k'])
+  c.objective.num_samples = options['k']
   c.optimizer.name = 'adam'
   c.optimizer.learning_rate = 1e-3
   c.optimizer.b1, c.optimizer.b2, c.optimizer.eps = 0.9, 0.999, 1e-4
   c.optimizer.schedule = 'burda' if options['schedule'] == 'paper' else 'burda_equal'
   c.train.batch_size = 20
-  c.objective.kl_warmup_steps = int(float(options['warmup']) * STEPS_PER_EPOCH)
-  c.train.num_epochs = float(PAPER_EPOCHS if options['schedule'] == 'paper'
-                             else options['epochs'])
+  c.objective.kl_warmup_steps = int(options['warmup'] * STEPS_PER_EPOCH)
+  c.train.num_epochs = float(PAPER_EPOCHS) if options['schedule'] == 'paper' else options['epochs']
   # 2,500 steps per epoch of tiny matmuls: many steps per call keep dispatch cheap.
   c.train.steps_per_call = 250
   c.train.log_every_steps = 2500
@@ -95,7 +78,7 @@ def get_config(arg=None):
   c.train.checkpoint_every_steps = 12500
   c.eval.batch_size = 1000
   c.eval.num_importance_samples = 0  # evaluate_workdir does the K = 5,000 estimate.
-  if options.get('runlocal'):
+  if options['runlocal']:
     c.train.num_epochs = 0.0
     c.train.num_steps = 500
     c.train.log_every_steps = 250

@@ -18,16 +18,11 @@ their results are in experiments/kingma_welling_fig2/README.md.
 
 from vae_jax import config as config_lib
 
-_DEFAULTS = {'latent': '20', 'lr': '0.02', 'epochs': '100'}
+_DEFAULTS = {'latent': 20, 'lr': 0.02, 'epochs': 100.0}
 
 
 def get_config(arg=None):
-  options = dict(_DEFAULTS)
-  for item in filter(None, (arg or '').split(',')):
-    key, _, value = item.partition('=')
-    if key not in _DEFAULTS:
-      raise ValueError(f'configs/kingma_welling.py: unknown option {key!r}; known: {sorted(_DEFAULTS)}')
-    options[key] = value
+  options = config_lib.parse_options(arg, 'configs/kingma_welling.py', _DEFAULTS)
   c = config_lib.default_config()
   c.data.name = 'binarized_mnist'
   c.data.binarization = 'static'
@@ -35,14 +30,14 @@ def get_config(arg=None):
   c.data.eval_split = 'test'
   c.data.download = False
   c.model.hidden = (500,)
-  c.model.latent_dim = int(options['latent'])
+  c.model.latent_dim = options['latent']
   c.model.activation = 'tanh'
   c.optimizer.name = 'adagrad'
-  c.optimizer.learning_rate = float(options['lr'])
+  c.optimizer.learning_rate = options['lr']
   # The N(0, I) prior on every parameter, as a per-datapoint L2 term: 1 / N_train.
   c.optimizer.weight_decay = 1.0 / 50_000
   c.train.batch_size = 100
-  c.train.num_epochs = float(options['epochs'])
+  c.train.num_epochs = options['epochs']
   c.train.steps_per_call = 50
   c.train.log_every_steps = 500
   c.train.eval_every_steps = 2500

@@ -26,19 +26,13 @@ times, is in experiments/vampprior/README.md.
 
 from vae_jax import config as config_lib
 
-_DEFAULTS = {'prior': 'vamp', 'components': '500', 'posterior': 'gaussian', 'epochs': '40',
-             'warmup': '10'}
+_DEFAULTS = {'prior': 'vamp', 'components': 500, 'posterior': 'gaussian', 'epochs': 40.0,
+             'warmup': 10.0}
 STEPS_PER_EPOCH = 50_000 // 100
 
 
 def get_config(arg=None):
-  options = dict(_DEFAULTS)
-  for item in filter(None, (arg or '').split(',')):
-    key, sep, value = item.partition('=')
-    if key not in _DEFAULTS and key != 'runlocal':
-      raise ValueError(f'configs/vampprior.py: unknown option {key!r}; known: '
-                       f'{sorted(_DEFAULTS) + ["runlocal"]}')
-    options[key] = value if sep else True
+  options = config_lib.parse_options(arg, 'configs/vampprior.py', _DEFAULTS, ('runlocal',))
   c = config_lib.default_config()
   c.data.name = 'binarized_mnist'
   c.data.binarization = 'static'
@@ -49,21 +43,21 @@ def get_config(arg=None):
   c.model.latent_dim = 40
   c.model.activation = 'relu'
   c.model.prior = options['prior']
-  c.model.prior_components = int(options['components'])
+  c.model.prior_components = options['components']
   c.model.posterior = options['posterior']
   c.model.iaf_steps = 2
   c.model.iaf_hidden = (320, 320)
   c.model.iaf_context_dim = 100
-  c.objective.kl_warmup_steps = int(float(options['warmup']) * STEPS_PER_EPOCH)
+  c.objective.kl_warmup_steps = int(options['warmup'] * STEPS_PER_EPOCH)
   c.optimizer.learning_rate = 5e-4
   c.train.batch_size = 100
-  c.train.num_epochs = float(options['epochs'])
+  c.train.num_epochs = options['epochs']
   c.train.steps_per_call = 50
   c.train.log_every_steps = 2500
   c.train.eval_every_steps = 5000
   c.train.checkpoint_every_steps = 5000
   c.eval.batch_size = 1000
-  if options.get('runlocal'):
+  if options['runlocal']:
     c.train.num_epochs = 0.0
     c.train.num_steps = 300
     c.train.log_every_steps = 100

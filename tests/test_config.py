@@ -132,7 +132,48 @@ def test_iwae_config_variants_validate(arg):
 def test_iwae_config_paper_schedule_and_bad_options():
   c = load_config_file('iwae', 'objective=iwae,k=5,schedule=paper')
   assert (c.train.num_epochs, c.optimizer.schedule, c.objective.num_samples) == (3280, 'burda', 5)
-  with pytest.raises(ValueError, match='unknown option'):
+  with pytest.raises(config_lib.ConfigError, match="configs/iwae.py: unknown option 'kk'"):
     load_config_file('iwae', 'kk=5')
-  with pytest.raises(ValueError, match='layers must be 1 or 2'):
+  with pytest.raises(config_lib.ConfigError, match=r"layers='3' is not one of \(1, 2\)"):
     load_config_file('iwae', 'layers=3')
+
+
+def test_config_file_options_are_typed_and_checked():
+  options = config_lib.parse_options('k=50,epochs=2.5,name=x,fast', 'f.py',
+                                     {'k': 5, 'epochs': 10.0, 'name': 'a', 'warmup': 0.0},
+                                     ('fast', 'slow'))
+  assert options == {'k': 50, 'epochs': 2.5, 'name': 'x', 'warmup': 0.0, 'fast': True,
+                     'slow': False}
+  assert config_lib.parse_options(None, 'f.py', {'k': 5}) == {'k': 5}
+  assert config_lib.parse_options('k=1e2', 'f.py', {'k': 5}) == {'k': 100}
+  for arg, match in [('j=1', "f.py: unknown option 'j'; known: k, fast"),
+                     ('k', "option 'k' needs a value"), ('fast=1', "'fast' takes no value"),
+                     ('k=2.5', "k='2.5' is not an integer"), ('k=x', 'is not an integer'),
+                     ('k=3', r"k='3' is not one of \(1, 2, 5\)")]:
+    with pytest.raises(config_lib.ConfigError, match=match):
+      config_lib.parse_options(arg, 'f.py', {'k': 5}, ('fast',), choices={'k': (1, 2, 5)})
+  with pytest.raises(config_lib.ConfigError, match="epochs='nan' is not a finite number"):
+    config_lib.parse_options('epochs=nan', 'f.py', {'epochs': 1.0})
+  # Every config file with options reads them this way: a misspelt one is an error.
+  for name, arg in [('binarized_mnist', 'runlcal'), ('benchmark', 'cnv'), ('vampprior', 'prio=x'),
+                    ('kingma_welling', 'latent=x')]:
+    with pytest.raises(config_lib.ConfigError, match=f'configs/{name}.py: '):
+      load_config_file(name, arg)
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--config=configs/iwae.py:kk=5'], "error: configs/iwae.py: unknown option 'kk'"),
+    (['--config=configs/nope.py'], "error: --config: [Errno 2] No such file or directory"),
+    (['--config=configs/quickstart.py', '--workdirr=x'], "error: Unknown command line flag"),
+    (['--config={bad}'], 'bad_config.py:2: ZeroDivisionError: division by zero'),
+])
+def test_cli_bad_config_file_or_flag_is_one_line(args, message, tmp_path):
+  bad = tmp_path / 'bad_config.py'
+  bad.write_text('def get_config(arg=None):\n  return 1 / 0\n')
+  args = [a.format(bad=bad) for a in args]
+  result = subprocess.run([sys.executable, '-m', 'vae_jax.main', f'--workdir={tmp_path / "run"}',
+                           *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines() == [result.stderr.strip()]  # One line.
+  assert message in result.stderr
+  assert not (tmp_path / 'run').exists()

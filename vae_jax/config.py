@@ -6,6 +6,7 @@ the disk, and names the field it rejects.
 """
 
 import json
+import math
 
 import ml_collections
 
@@ -34,6 +35,43 @@ RESUMABLE_PREFIXES = (
 
 class ConfigError(ValueError):
   """A config value that cannot work; the message names the field."""
+
+
+def parse_options(arg, source, defaults=None, switches=(), choices=None):
+  """The options after a config file's colon: 'k=5,runlocal' -> a dict.
+
+  `defaults` are the options that take a value, each converted to its default's
+  type (a str, int or float); `switches` take none and are True when given;
+  `choices` restricts some of them. Anything else is a ConfigError that names
+  `source` (the config file) and what it knows.
+  """
+  defaults = dict(defaults or {})
+  choices = dict(choices or {})
+  options = {**defaults, **{name: False for name in switches}}
+  known = ', '.join(sorted(defaults) + sorted(switches))
+  for item in filter(None, (arg or '').split(',')):
+    key, sep, text = item.partition('=')
+    if key in switches:
+      if sep:
+        raise ConfigError(f'{source}: option {key!r} takes no value; got {item!r}')
+      options[key] = True
+      continue
+    if key not in defaults:
+      raise ConfigError(f'{source}: unknown option {key!r}; known: {known}')
+    if not sep:
+      raise ConfigError(f'{source}: option {key!r} needs a value ({key}=...)')
+    kind = type(defaults[key])
+    try:
+      value = kind(float(text)) if kind is int and float(text).is_integer() else kind(text)
+      if kind is float and not math.isfinite(value):
+        raise ValueError(text)
+    except ValueError:
+      noun = 'an integer' if kind is int else 'a finite number'
+      raise ConfigError(f'{source}: option {key}={text!r} is not {noun}') from None
+    if key in choices and value not in choices[key]:
+      raise ConfigError(f'{source}: option {key}={text!r} is not one of {tuple(choices[key])}')
+    options[key] = value
+  return options
 
 
 def default_config() -> ml_collections.ConfigDict:

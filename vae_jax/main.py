@@ -11,6 +11,7 @@ README's Devices section).
 
 import os
 import sys
+import traceback
 
 from absl import app
 from absl import flags
@@ -69,19 +70,68 @@ def _no_such_field(error):
   return name.strip("'"), hint
 
 
+def _config_file_error(error):
+  """The last line of a config file's own error (ml_collections quotes its traceback)."""
+  text = str(error)
+  if 'Error whilst parsing config file' not in text:
+    return None
+  last = [line.strip() for line in text.splitlines() if line.strip()][-1]
+  kind, sep, message = last.partition(': ')
+  return message if sep and kind.endswith(('ConfigError', 'ValueError')) else last
+
+
 def _parse_flags(argv):
-  """absl's flag parsing; a misspelt config field is one line, not a traceback."""
+  """absl's flag parsing; a bad flag, config option or misspelt field is one line."""
   try:
-    return app.parse_flags_with_usage(argv)
+    rest = flags.FLAGS(argv)
+    # ml_collections defers a config file it cannot open to the first use.
+    unreadable = getattr(flags.FLAGS['config'].value, '_error', None)
+    if unreadable is not None:
+      print(f'error: --config: {str(unreadable).strip().splitlines()[-1].strip()}',
+            file=sys.stderr, flush=True)
+      sys.exit(1)
+    return rest
+  except flags.Error as e:
+    message = _config_file_error(e)
+    if message is None:
+      message = str(e).splitlines()[0]
+    elif not any(arg in message for arg in (a.partition(':')[0].split('=')[-1]
+                                            for a in argv[1:] if a.startswith('--config='))):
+      message = f'--config: {message}'
+    print(f'error: {message}', file=sys.stderr, flush=True)
+    sys.exit(1)
   except (AttributeError, KeyError) as e:
     missing = _no_such_field(e)
     overrides = [a for a in argv[1:] if a.startswith('--config.')]
     culprit = [a for a in overrides if missing and f'.{missing[0]}' in a.split('=')[0]]
-    if not culprit:  # Not an override of a field that does not exist.
-      raise
-    print(f'error: {culprit[0]}: config has no field {missing[0]!r}. {missing[1]}'.strip(),
-          file=sys.stderr, flush=True)
-    sys.exit(1)
+    if culprit:
+      print(f'error: {culprit[0]}: config has no field {missing[0]!r}. {missing[1]}'.strip(),
+            file=sys.stderr, flush=True)
+      sys.exit(1)
+    _exit_if_config_code_failed(e, argv)
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    _exit_if_config_code_failed(e, argv)
+    raise
+
+
+def _exit_if_config_code_failed(error, argv):
+  """A config file's own code failed: its file, line and error in one line."""
+  paths = [a.split('=', 1)[1].partition(':')[0] for a in argv[1:] if a.startswith('--config=')]
+  if not paths:
+    return
+  path = os.path.abspath(paths[-1])
+  if isinstance(error, SyntaxError) and error.filename:
+    where = f'{error.filename}:{error.lineno}'
+  else:
+    frames = [f for f in traceback.extract_tb(error.__traceback__)
+              if os.path.abspath(f.filename) == path]
+    if not frames:
+      return
+    where = f'{frames[-1].filename}:{frames[-1].lineno}'
+  message = error.msg if isinstance(error, SyntaxError) else str(error)
+  print(f'error: {where}: {type(error).__name__}: {message}', file=sys.stderr, flush=True)
+  sys.exit(1)
 
 
 if __name__ == '__main__':

@@ -36,6 +36,19 @@ FAMILIES = {
                                model__prior='mixture', model__prior_components=3),
     'iwae_vamp': dict(model__prior='vamp', model__prior_components=3, objective__name='iwae',
                       objective__num_samples=3),
+    # Top-down hierarchies of 2, 5 and 20 groups, dense and spatial.
+    'top_down_2': dict(model__hierarchy='top_down', model__groups=(6, 3), model__state_width=16,
+                       model__block_hidden=8),
+    'top_down_5': dict(model__hierarchy='top_down', model__groups=(8, 8, 4, 4, 2),
+                       model__state_width=16, model__block_hidden=8, model__merge='precision',
+                       model__scale='exp', optimizer__ema_decay=0.9,
+                       optimizer__skip_threshold=1e4),
+    'top_down_20': dict(model__hierarchy='top_down', model__groups=(2,) * 20,
+                        model__state_width=16, model__block_hidden=8, model__remat=True,
+                        objective__free_bits=0.05),
+    'top_down_spatial': dict(model__hierarchy='top_down', model__architecture='conv',
+                             model__groups=(2, 2, 3), model__group_resolutions=(14, 7, 1),
+                             model__state_width=8, model__block_hidden=4),
 }
 
 
@@ -72,8 +85,13 @@ def test_family_trains_resumes_evaluates_and_samples(name, tmp_path):
   assert len(results['active_units_per_layer']) == len(results['kl_per_layer'])
   out_dir = str(tmp_path / 'generated')
   generate.generate(straight, out_dir, [1.0], 10, [0, 1], [0, 1], 0, traverse_dims=2)
-  assert sorted(os.listdir(out_dir)) == ['interpolation.png', 'reconstructions.png',
-                                         'samples_t1.png', 'traversal.png']
+  expected = ['interpolation.png', 'reconstructions.png', 'samples_t1.png', 'traversal.png']
+  if len(results['kl_per_layer']) > 1:
+    expected.append('kl_per_layer.png')
+  if config.model.hierarchy == 'top_down':
+    expected.append('hierarchy.png')
+    assert len(results['kl_per_layer']) == len(config.model.groups)
+  assert sorted(os.listdir(out_dir)) == sorted(expected)
 
 
 def test_gaussian_on_binary_data_reports_discrete_units(tmp_path):

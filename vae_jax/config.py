@@ -116,6 +116,28 @@ def default_config() -> ml_collections.ConfigDict:
   # decoder's inputs; class_conditional_prior also learns p(z | y).
   c.model.conditional = False
   c.model.class_conditional_prior = False
+  # A top-down hierarchy (Ladder VAE, NVAE, VDVAE) in place of the layers above:
+  # hierarchy='top_down' with `groups` the latent size of each stochastic group,
+  # bottom-up: dense latents with MLP blocks for architecture 'mlp' (LVAE on
+  # MNIST: (64, 32, 16, 8, 4)); latent channels at `group_resolutions` (one per
+  # group, e.g. (28, 14, 14, 7, 1)) with bottleneck ResNet blocks for 'conv'.
+  # state_width: the top-down state (units or channels); block_hidden: the
+  # blocks' inner width; encoder_blocks: bottom-up blocks per group (dense) or
+  # per resolution (spatial); merge: q from the state and the bottom-up features,
+  # 'residual' (NVAE, relative to the prior) or 'precision' (LVAE's
+  # precision-weighted merge); scale: 'softplus' or 'exp' of the raw std;
+  # scan_groups: identical consecutive groups compile once (nn.scan); remat:
+  # recompute each group's activations in the backward pass.
+  c.model.hierarchy = 'bottom_up'
+  c.model.groups = ()
+  c.model.group_resolutions = ()
+  c.model.state_width = 256
+  c.model.block_hidden = 128
+  c.model.encoder_blocks = 1
+  c.model.merge = 'residual'
+  c.model.scale = 'softplus'
+  c.model.scan_groups = True
+  c.model.remat = False
 
   c.objective = ml_collections.ConfigDict()
   c.objective.name = 'elbo'
@@ -131,6 +153,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.optimizer.warmup_steps = 0
   c.optimizer.weight_decay = 0.0
   c.optimizer.grad_clip_norm = 0.0  # 0 -> no clipping.
+  # VDVAE's skip: an update whose gradient norm (before clipping) exceeds this is
+  # not applied, and counted in the logs (`skipped`); 0 -> never skip.
+  c.optimizer.skip_threshold = 0.0
+  # Evaluation and samples use an exponential moving average of the parameters
+  # with this decay (VDVAE: 0.9999), kept in the checkpoints; 0 -> the parameters.
+  c.optimizer.ema_decay = 0.0
   c.optimizer.b1 = 0.9
   c.optimizer.b2 = 0.999
   c.optimizer.eps = 1e-8
@@ -238,7 +266,8 @@ def validate(config, num_devices=None):
          "'bernoulli' needs binary data (data.binarization 'static' or 'dynamic')")
   try:
     models.validate_config(config.model, has_labels=data.has_labels(config.data.name),
-                           channels=3 if config.data.name == 'cifar10' else 1)
+                           channels=3 if config.data.name == 'cifar10' else 1,
+                           image_size=32 if config.data.name == 'cifar10' else 28)
   except models.ModelConfigError as e:
     raise ConfigError(str(e)) from None
 
@@ -263,6 +292,10 @@ def validate(config, num_devices=None):
   _check(_number(config, 'optimizer.weight_decay') >= 0, 'optimizer.weight_decay', 'must be >= 0')
   _check(_number(config, 'optimizer.grad_clip_norm') >= 0, 'optimizer.grad_clip_norm',
          'must be >= 0 (0 turns clipping off)')
+  _check(_number(config, 'optimizer.skip_threshold') >= 0, 'optimizer.skip_threshold',
+         'must be >= 0 (0 never skips)')
+  _check(0 <= _number(config, 'optimizer.ema_decay') < 1, 'optimizer.ema_decay',
+         'must be in [0, 1) (0 evaluates the parameters themselves)')
   for field in ('optimizer.b1', 'optimizer.b2'):
     _check(0 <= _number(config, field) < 1, field, 'must be in [0, 1)')
   _check(_number(config, 'optimizer.eps') > 0, 'optimizer.eps', 'must be > 0')

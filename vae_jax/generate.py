@@ -9,8 +9,13 @@ interpolation between two held-out images, and latent traversals (one row per
 latent dimension, the most informative dimensions, by KL, first; by the
 variance of the posterior mean where the top layer's KL is not per latent). In a
 model with several stochastic layers, interpolation and traversal move the top
-layer (see sampling.py). A conditional VAE draws one row of samples per class,
-and reconstructs, interpolates and traverses with the images' own labels.
+layer (see sampling.py), and kl_per_layer.png shows the nats of each layer (a
+collapsed layer is a bar at zero). A top-down hierarchy also gets
+hierarchy.png: under a row of held-out images, one row per depth m with the top
+m groups from q(z | x) and the rest drawn from the prior, and, with
+--group_temperatures (one per group, bottom-up), samples_groups.png.
+A conditional VAE draws one row of samples per class, and reconstructs,
+interpolates and traverses with the images' own labels.
 """
 
 import os
@@ -42,13 +47,18 @@ def _define_flags():
   flags.DEFINE_list('interpolate', ['0', '1'], 'Two held-out image indices.')
   flags.DEFINE_integer('traverse', 0, 'Held-out image whose latents are traversed.')
   flags.DEFINE_integer('traverse_dims', 10, 'How many latent dims to traverse.')
+  flags.DEFINE_list('group_temperatures', [],
+                    'A top-down hierarchy: one sampling temperature per group, bottom-up.')
   flags.DEFINE_integer('seed', 0, 'Seed of the prior samples.')
   flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
   flags.mark_flag_as_required('workdir')
 
 
 def load_trained(workdir, step=None):
-  """(experiment, params, step) of a workdir, from its config.json and a checkpoint."""
+  """(experiment, params, step) of a workdir, from its config.json and a checkpoint.
+
+  The params are what the run evaluated: the moving average with optimizer.ema_decay > 0.
+  """
   config = workdir_lib.load_config(workdir)
   if config.train.num_seeds > 1:
     seeds = train.replica_seeds(config)
@@ -65,7 +75,7 @@ def load_trained(workdir, step=None):
     restored_step, state, _ = ckpt.restore(target, step=step)
   finally:
     ckpt.close()
-  return exp, state['params'], restored_step
+  return exp, train.eval_params(train.TrainState(**state)), restored_step
 
 
 def _save(out_dir, name, images, columns=None):
@@ -74,8 +84,40 @@ def _save(out_dir, name, images, columns=None):
   vlog.info(f'wrote {path}')
 
 
+def save_kl_per_layer(path, kl_per_layer):
+  """A bar chart of nats per stochastic layer (bottom-up): where the KL goes, and which
+  layers collapsed onto their prior."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * len(kl_per_layer) + 2), 3))
+  ax.bar(np.arange(1, len(kl_per_layer) + 1), kl_per_layer, color='tab:blue')
+  ax.set_xlabel('layer (1 = next to x)')
+  ax.set_ylabel('KL (nats)')
+  ax.set_xticks(np.arange(1, len(kl_per_layer) + 1))
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  vlog.info(f'wrote {path}')
+
+
+def _hierarchy_pictures(out_dir, model, params, x, key, group_temperatures, num_samples):
+  depths = sorted({int(round(m)) for m in np.linspace(0, model.num_groups, 9)})
+  rows = [x] + [sampling.top_group_reconstructions(model, params, x, key, m) for m in depths]
+  _save(out_dir, 'hierarchy', np.concatenate(rows), columns=len(x))
+  vlog.info('hierarchy.png: held-out images, then the top m groups from q for m = '
+            + ', '.join(map(str, depths)))
+  if group_temperatures:
+    if len(group_temperatures) != model.num_groups:
+      raise workdir_lib.WorkdirError(
+          f'--group_temperatures: the model has {model.num_groups} groups, got '
+          f'{len(group_temperatures)} temperatures')
+    _save(out_dir, 'samples_groups', sampling.prior_samples(
+        model, params, key, num_samples, np.asarray(group_temperatures, np.float32)))
+
+
 def generate(workdir, out_dir, temperatures, num_samples, reconstruct, interpolate,
-             traverse, traverse_dims, seed=0, step=None):
+             traverse, traverse_dims, seed=0, step=None, group_temperatures=()):
   exp, params, step = load_trained(workdir, step)
   os.makedirs(out_dir, exist_ok=True)
   model = exp.model
@@ -103,7 +145,16 @@ def generate(workdir, out_dir, temperatures, num_samples, reconstruct, interpola
         columns=12)
   top = dict(batch_size=500, key=jax.random.fold_in(key, 1),
              labels=_take(eval_labels, np.arange(min(1000, len(eval_images)))))
-  kl = evaluate.kl_per_layer(model, params, eval_images[:1000], **top)[-1]
+  kl_layers = evaluate.kl_per_layer(model, params, eval_images[:1000], **top)
+  if len(kl_layers) > 1:
+    save_kl_per_layer(os.path.join(out_dir, 'kl_per_layer.png'),
+                      [float(np.sum(k)) for k in kl_layers])
+  if hasattr(model, 'reconstruct_top'):
+    _hierarchy_pictures(out_dir, model, params, x[:8], key, group_temperatures, num_samples)
+  elif group_temperatures:
+    raise workdir_lib.WorkdirError('--group_temperatures: only a top-down hierarchy '
+                                   '(model.hierarchy=top_down) has groups')
+  kl = kl_layers[-1]
   score, unit = kl, 'KL (nats)'
   dim = model.latent_dims[-1]
   if kl.shape[0] != dim:  # The top layer's KL is not per latent: rank by activity.
@@ -129,11 +180,18 @@ def main(argv):
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO.
   out_dir = FLAGS.output_dir or os.path.join(FLAGS.workdir, 'generated')
+  for name in ('temperatures', 'group_temperatures'):
+    try:
+      [float(t) for t in FLAGS[name].value]
+    except ValueError:
+      print(f'error: --{name}: expected comma-separated numbers, got {FLAGS[name].value}',
+            file=sys.stderr, flush=True)
+      sys.exit(1)
   try:
     generate(FLAGS.workdir, out_dir, [float(t) for t in FLAGS.temperatures],
              FLAGS.num_samples, [int(i) for i in FLAGS.reconstruct],
              [int(i) for i in FLAGS.interpolate], FLAGS.traverse, FLAGS.traverse_dims,
-             FLAGS.seed, FLAGS.step)
+             FLAGS.seed, FLAGS.step, [float(t) for t in FLAGS.group_temperatures])
   except (workdir_lib.WorkdirError, checkpoint.CheckpointError, data.DatasetError) as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
     sys.exit(1)

@@ -1,5 +1,8 @@
 """The optax optimiser and learning-rate schedule named by `config.optimizer`."""
 
+from typing import Any, NamedTuple
+
+import jax
 import optax
 
 BURDA_STAGE_DECAY = 10 ** (-1 / 7)
@@ -43,8 +46,40 @@ def learning_rate_schedule(opt_config, num_steps):
   raise ValueError(f'optimizer.schedule: unknown {opt_config.schedule!r}')
 
 
+class ParamsEMAState(NamedTuple):
+  """The exponential moving average of the parameters, kept in the optimiser's state."""
+  ema: Any
+
+
+def params_ema(decay) -> optax.GradientTransformation:
+  """Tracks ema <- decay * ema + (1 - decay) * new params; passes the updates through.
+
+  The last link of the chain, so it sees the updates that will be applied. It
+  starts at the initial parameters (no bias correction, as in VDVAE). Kept in
+  the optimiser state, it is checkpointed, restored, vmapped over seeds and
+  left unchanged by a skipped step with everything else.
+  """
+  def init(params):
+    return ParamsEMAState(jax.tree.map(lambda p: p.copy(), params))
+
+  def update(updates, state, params):
+    ema = jax.tree.map(lambda e, p, u: decay * e + (1.0 - decay) * (p + u),
+                       state.ema, params, updates)
+    return updates, ParamsEMAState(ema)
+  return optax.GradientTransformation(init, update)
+
+
+def ema_params(opt_state):
+  """The moving average in an optimiser state made with optimizer.ema_decay > 0, else None."""
+  found = [leaf for leaf in jax.tree.leaves(
+      opt_state, is_leaf=lambda x: isinstance(x, ParamsEMAState))
+           if isinstance(leaf, ParamsEMAState)]
+  return found[0].ema if found else None
+
+
 def make_optimizer(opt_config, num_steps) -> optax.GradientTransformation:
-  """Builds the update rule; gradient clipping (by global norm) comes first."""
+  """Builds the update rule; gradient clipping (by global norm) comes first, the moving
+  average of the parameters (optimizer.ema_decay > 0) last."""
   schedule = learning_rate_schedule(opt_config, num_steps)
   name = opt_config.name
   if name == 'adam':
@@ -63,4 +98,6 @@ def make_optimizer(opt_config, num_steps) -> optax.GradientTransformation:
     tx = optax.chain(optax.add_decayed_weights(opt_config.weight_decay), tx)
   if opt_config.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(opt_config.grad_clip_norm), tx)
+  if opt_config.get('ema_decay', 0.0):
+    tx = optax.chain(tx, params_ema(opt_config.ema_decay))
   return tx

@@ -49,6 +49,15 @@ def reconstructions(model, params, x, key=None, labels=None):
   return model.likelihood.mean(objectives.terms(model, params, x, eps, labels).out[0])
 
 
+def top_group_reconstructions(model, params, x, key, num_posterior_groups, temperature=1.0):
+  """Mean images with the top `num_posterior_groups` groups of a top-down hierarchy at their
+  posterior means given x and the groups below sampled from their priors (the usual
+  picture of what each depth of the hierarchy keeps of x)."""
+  out = model.apply({'params': params}, x, key, num_posterior_groups, temperature,
+                    method='reconstruct_top')
+  return model.likelihood.mean(out)
+
+
 def side_by_side(x, x_hat):
   """Interleaves originals and reconstructions: x0, x0_hat, x1, x1_hat, ..."""
   stacked = jnp.stack([x, x_hat], axis=1)

@@ -95,6 +95,13 @@ def replica_seeds(config) -> tuple:
   return tuple(config.seed + i for i in range(config.train.num_seeds))
 
 
+def eval_params(state: TrainState):
+  """The parameters evaluation and sampling use: the moving average where
+  optimizer.ema_decay > 0 keeps one (optim.params_ema), else the parameters."""
+  ema = optim.ema_params(state.opt_state)
+  return state.params if ema is None else ema
+
+
 def init_state(exp: Experiment, seed: int | None = None) -> TrainState:
   """The step-0 state of the run with `seed` (default: config.seed)."""
   keys = exp.keys if seed is None else root_keys(seed)
@@ -195,7 +202,9 @@ def make_train_step(exp: Experiment):
   into the binarisation draw and the reparameterisation draw, so a step's
   randomness does not depend on how steps are grouped into calls. A step whose
   loss or gradient is not finite leaves params and optimiser moments unchanged
-  and reports `finite = 0`; the loop decides what to do about it. The
+  and reports `finite = 0`; the loop decides what to do about it. So does a
+  finite step whose gradient norm reaches optimizer.skip_threshold (> 0),
+  reporting `skipped = 1`. The
   optimiser's step counters advance on every step, applied or skipped, so the
   learning-rate schedule and bias correction follow the step number.
 
@@ -212,6 +221,7 @@ def make_train_step(exp: Experiment):
   binarization = exp.dataset.binarization
   dequantize = exp.model.likelihood.dequantize
   multi = len(exp.seeds) > 1
+  skip_threshold = float(c.optimizer.get('skip_threshold', 0.0))
 
   def train_step(state, images, indices, key, labels=None):
     def one_step(state, idx):
@@ -219,16 +229,19 @@ def make_train_step(exp: Experiment):
       x = data.to_float(images[idx], binarization, data_key, dequantize=dequantize)
       batch_labels = None if labels is None else labels[idx]
       (loss, metrics), grads = grad_fn(state.params, x, sample_key, state.step, batch_labels)
-      finite = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+      grad_norm = optax.global_norm(grads)
+      finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+      # VDVAE's skip: a finite update whose gradient norm is far above normal is not applied.
+      ok = finite & (grad_norm < skip_threshold) if skip_threshold else finite
 
       def apply(operands):
         params, opt_state = operands
         updates, new_opt_state = exp.tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), new_opt_state
 
-      def apply_where_finite(operands):
+      def apply_where_ok(operands):
         new = apply(operands)
-        return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, operands)
+        return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, operands)
 
       # Vmapped over replicas, the update runs under a lax.cond on a predicate
       # they all share (every replica finite), so it stays a cond: with a
@@ -240,15 +253,17 @@ def make_train_step(exp: Experiment):
       # single run skips the whole update: its other branch reads nothing, so
       # no copy of the state is made for it.
       if multi:
-        params, opt_state = jax.lax.cond(jax.lax.pmin(finite, SEEDS_AXIS), apply,
-                                         apply_where_finite, (state.params, state.opt_state))
+        params, opt_state = jax.lax.cond(jax.lax.pmin(ok, SEEDS_AXIS), apply,
+                                         apply_where_ok, (state.params, state.opt_state))
       else:
-        params, opt_state = jax.lax.cond(finite, apply, lambda operands: operands,
+        params, opt_state = jax.lax.cond(ok, apply, lambda operands: operands,
                                          (state.params, state.opt_state))
       # Counters advance on every step, applied or skipped (see is_counter).
       opt_state = jax.tree.map(lambda old, new: old + 1 if is_counter(old) else new,
                                state.opt_state, opt_state)
-      metrics = dict(metrics, finite=finite.astype(jnp.float32))
+      metrics = dict(metrics, finite=finite.astype(jnp.float32), grad_norm=grad_norm)
+      if skip_threshold:
+        metrics['skipped'] = (finite & ~ok).astype(jnp.float32)
       return TrainState(state.step + 1, params, opt_state), metrics
 
     return jax.lax.scan(one_step, state, indices, unroll=scan_unroll(exp.config))
@@ -289,30 +304,42 @@ class _Preemption:
 
 
 def _mean_metrics(chunks):
-  """Per-step metrics of several calls -> their means over finite steps."""
+  """Per-step metrics of several calls -> (means over finite steps, finite [T], applied [T]).
+
+  'skipped' (steps whose update the skip threshold refused) is a count, not a mean.
+  """
   stacked = {k: np.concatenate([np.asarray(c[k]).reshape(-1) for c in chunks]) for k in chunks[0]}
   finite = stacked.pop('finite') > 0
+  skipped = stacked.pop('skipped', np.zeros_like(finite, dtype=np.float32)) > 0
   means = {k: float(v[finite].mean()) if finite.any() else float('nan') for k, v in stacked.items()}
-  return means, finite
+  if 'grad_norm' in stacked and skipped.any():
+    means['skipped'] = float(skipped.sum())
+  return means, finite, finite & ~skipped
 
 
-def _nonfinite_check(finite, first_step, config, run_so_far, where=''):
-  """Returns the updated run of consecutive non-finite steps; raises when it must stop.
+def _nonfinite_check(finite, applied, first_step, config, run_so_far, where=''):
+  """Returns the updated run (steps, of which skipped) without an update; raises when it must stop.
 
-  `where` (e.g. ' (seed 3)') names the replica in the message.
+  A step is not applied when its loss or gradient is not finite or its gradient
+  norm reached optimizer.skip_threshold. `where` (e.g. ' (seed 3)') names the
+  replica in the message.
   """
-  for offset, ok in enumerate(finite):
-    run_so_far = 0 if ok else run_so_far + 1
+  steps, skipped = run_so_far
+  for offset, (ok, done) in enumerate(zip(finite, applied)):
+    steps, skipped = (0, 0) if done else (steps + 1, skipped + bool(ok))
     if not ok and config.train.nan_policy == 'stop':
       raise NonFiniteError(
           f'non-finite loss or gradient at step {first_step + offset}{where}; stopping '
           '(the update was not applied; the last checkpoint is intact). Set '
           '--config.train.nan_policy=skip to skip such steps instead.')
-    if run_so_far >= config.train.max_consecutive_nonfinite:
+    if steps >= config.train.max_consecutive_nonfinite:
+      what = (f'{steps} non-finite steps in a row' if not skipped else
+              f'{steps} steps in a row without an update ({skipped} skipped: gradient norm '
+              f'at or above optimizer.skip_threshold={config.optimizer.skip_threshold})')
       raise NonFiniteError(
-          f'{run_so_far} non-finite steps in a row{where}, the last at step {first_step + offset} '
+          f'{what}{where}, the last at step {first_step + offset} '
           f'(train.max_consecutive_nonfinite={config.train.max_consecutive_nonfinite}); stopping.')
-  return run_so_far
+  return steps, skipped
 
 
 @dataclasses.dataclass
@@ -589,7 +616,7 @@ def _train_loop(trainer: Trainer):
             f'{seeds}{num_steps} steps ({exp.steps_per_epoch} per epoch), batch '
             f'{c.batch_size}, {sharding.device_count()} device(s), from step {step}.')
   pending, first_pending = [], step
-  nonfinite_runs = [0] * len(exp.seeds)
+  nonfinite_runs = [(0, 0)] * len(exp.seeds)
   last_time, last_step = time.perf_counter(), step
   with _Preemption() as preemption:
     while step < num_steps:
@@ -604,21 +631,22 @@ def _train_loop(trainer: Trainer):
       save_now = step % c.checkpoint_every_steps == 0 or preempted
       if log_now or save_now:
         per_replica = _per_replica_means(sharding.to_host(pending), len(exp.seeds))
-        for i, (means, finite) in enumerate(per_replica):
+        for i, (means, finite, applied) in enumerate(per_replica):
           where = f' (seed {exp.seeds[i]})' if trainer.multi else ''
-          nonfinite_runs[i] = _nonfinite_check(finite, first_pending, config,
+          nonfinite_runs[i] = _nonfinite_check(finite, applied, first_pending, config,
                                                nonfinite_runs[i], where)
         pending, first_pending = [], step
       if log_now:
         now = time.perf_counter()
         rate = (step - last_step) / max(now - last_time, 1e-9)
         last_time, last_step = now, step
-        for r, (means, _) in zip(trainer.replicas, per_replica):
+        for r, (means, _, _) in zip(trainer.replicas, per_replica):
           r.writer.write(step, 'train', dict(means, steps_per_sec=rate))
-        shown = {k: float(np.mean([m[k] for m, _ in per_replica])) for k in per_replica[0][0]}
+        shown = {k: float(np.mean([m.get(k, 0.0) for m, _, _ in per_replica]))
+                 for k in set().union(*(m for m, _, _ in per_replica))}
         vlog.info(vlog.progress_line(step, num_steps, shown, rate, c.batch_size))
       if step % c.eval_every_steps == 0 and step < num_steps:
-        trainer.evaluate(state.params, step)
+        trainer.evaluate(eval_params(state), step)
       if save_now:
         trainer.save(state, step)
       if preempted:
@@ -645,8 +673,9 @@ def _per_replica_means(chunks, num_replicas):
 def _final_evaluation(trainer: Trainer, state) -> dict:
   config, exp = trainer.config, trainer.exp
   step = int(sharding.to_host(state.step))
-  results = trainer.evaluate(state.params, step)
-  for (r, rs), metrics in zip(trainer.replica_states(state), results):
+  params = eval_params(state)
+  results = trainer.evaluate(params, step)
+  for (r, rs), metrics in zip(trainer.replica_states(TrainState(step, params, ())), results):
     if config.eval.num_importance_samples:
       ll = evaluate.evaluate_log_likelihood(
           exp.model, rs.params, r.eval_images, r.keys['eval'],
@@ -658,7 +687,7 @@ def _final_evaluation(trainer: Trainer, state) -> dict:
     if trainer.main:
       workdir_lib.write_json(os.path.join(r.workdir, 'final_metrics.json'),
                              dict(metrics, step=step))
-  trainer.save_images(state.params, step)
+  trainer.save_images(params, step)
   images = f'{len(trainer.eval_images)} images, step {step}'
   if not trainer.multi:
     metrics = results[0]

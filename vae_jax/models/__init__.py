@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vae_jax.models import hierarchy
 from vae_jax.models import likelihoods
 from vae_jax.models import nets
 from vae_jax.models import posteriors
@@ -20,6 +21,7 @@ from vae_jax.models.vae import VAE, Layer, Terms
 LIKELIHOODS = likelihoods.LIKELIHOODS
 PRIORS = priors.PRIORS
 POSTERIORS = ('gaussian', 'iaf')
+HIERARCHIES = ('bottom_up', 'top_down')
 
 
 class ModelConfigError(ValueError):
@@ -35,12 +37,14 @@ def _positive_ints(values):
   return all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
 
 
-def validate_config(model_config, *, has_labels, channels=None):
+def validate_config(model_config, *, has_labels, channels=None, image_size=None):
   """Rejects model fields that cannot work together, naming the first such field.
 
   `has_labels`: whether the dataset provides labels (a conditional VAE needs them).
   """
   m = model_config
+  if _field(m, 'hierarchy', 'bottom_up') != 'bottom_up':
+    _validate_top_down(m, image_size)
   _check(m.prior in PRIORS, 'prior', f'{m.prior!r} is not one of {PRIORS}')
   _check(m.posterior in POSTERIORS, 'posterior', f'{m.posterior!r} is not one of {POSTERIORS}')
   _check(_positive_ints([m.prior_components]), 'prior_components',
@@ -74,6 +78,37 @@ def validate_config(model_config, *, has_labels, channels=None):
   if m.likelihood == 'logistic_mixture' and channels is not None:
     _check(channels in (1, 3), 'likelihood',
            f"'logistic_mixture' models 1 or 3 channels, the data have {channels}")
+
+
+def _validate_top_down(m, image_size):
+  _check(m.hierarchy in HIERARCHIES, 'hierarchy', f'{m.hierarchy!r} is not one of {HIERARCHIES}')
+  groups, resolutions = tuple(m.groups), tuple(m.group_resolutions)
+  _check(_positive_ints(groups) and len(groups) > 0, 'groups',
+         f'a top-down hierarchy needs one positive latent size per group, got {groups!r}')
+  for field in ('state_width', 'block_hidden', 'encoder_blocks'):
+    _check(_positive_ints([m[field]]), field, f'must be a positive int, got {m[field]!r}')
+  _check(m.merge in hierarchy.MERGES, 'merge', f'{m.merge!r} is not one of {hierarchy.MERGES}')
+  _check(m.scale in hierarchy.SCALES, 'scale', f'{m.scale!r} is not one of {hierarchy.SCALES}')
+  for field in ('scan_groups', 'remat'):
+    _check(isinstance(m[field], bool), field, f'expected True or False, got {m[field]!r}')
+  for field, neutral in (('prior', 'standard_normal'), ('posterior', 'gaussian'),
+                         ('conditional', False), ('upper_latent_dims', ())):
+    _check(m[field] == neutral or (field == 'upper_latent_dims' and not tuple(m[field])), field,
+           f'a top-down hierarchy has its own priors p(z_l | z_>l) and Gaussian posteriors; '
+           f'{field} must stay {neutral!r}, got {m[field]!r}')
+  if m.architecture == 'conv':
+    _check(len(resolutions) == len(groups) and _positive_ints(resolutions), 'group_resolutions',
+           f'a spatial hierarchy needs one resolution per group ({len(groups)}), '
+           f'got {resolutions!r}')
+    below = image_size
+    for r in resolutions:
+      _check(r <= (below or r) and (below or r) % r == 0, 'group_resolutions',
+             f'each resolution must divide the one below it (the image: {image_size}) and '
+             f'not exceed it, got {resolutions!r}')
+      below = r
+  else:
+    _check(not resolutions, 'group_resolutions',
+           f"dense groups (architecture 'mlp') have no resolution, got {resolutions!r}")
 
 
 def _upper_layers(model_config, activation):
@@ -128,6 +163,8 @@ def make_model(model_config, image_shape, *, levels=256, num_classes=0) -> VAE:
   likelihood = likelihoods.make_likelihood(
       model_config.likelihood, channels=channels, levels=levels,
       num_mix=_field(model_config, 'num_mixtures', 10))
+  if _field(model_config, 'hierarchy', 'bottom_up') == 'top_down':
+    return _top_down(model_config, image_shape, likelihood, activation)
   out_channels = likelihood.out_channels(channels)
   posterior = _posterior(model_config)
   features = posterior.num_features(model_config.latent_dim)
@@ -147,6 +184,17 @@ def make_model(model_config, image_shape, *, levels=256, num_classes=0) -> VAE:
   prior = _prior(model_config, top_dim[-1], image_shape, num_classes)
   return VAE(encoder, decoder, likelihood, posterior, prior, model_config.latent_dim,
              upper_encoders, upper_priors, upper_dims, num_classes if conditional else 0)
+
+
+def _top_down(m, image_shape, likelihood, activation):
+  if m.architecture == 'conv':
+    shapes = tuple((r, r, c) for r, c in zip(m.group_resolutions, m.groups))
+  else:
+    shapes = tuple((d,) for d in m.groups)
+  return hierarchy.TopDownVAE(
+      likelihood, tuple(image_shape), shapes, m.state_width, m.block_hidden, activation,
+      merge=m.merge, scale=m.scale, encoder_blocks=m.encoder_blocks, scan=m.scan_groups,
+      remat=m.remat)
 
 
 def init_params(model, key, image_shape):

@@ -83,6 +83,7 @@ def get_config(arg=None):
   c.train.nan_policy = 'skip'
   c.eval.batch_size = 1000
   if options['runlocal']:
+    c.optimizer.ema_decay = min(options['ema'], 0.9)  # An average over 300 steps, not 1,000.
     c.train.num_epochs = 0.0
     c.train.num_steps = 300
     c.train.log_every_steps = 100

@@ -33,16 +33,13 @@ twentieth of VDVAE's size and trained a fiftieth as long.
 from vae_jax import config as config_lib
 
 RESOLUTIONS = (32, 16, 8, 4, 1)
-_DEFAULTS = {'width': 128, 'latent': 16, 'groups': '4-8-8-4-2', 'epochs': 200.0}
+_DEFAULTS = {'width': 128, 'latent': 16, 'groups': (4, 8, 8, 4, 2), 'epochs': 200.0}
 
 
 def get_config(arg=None):
   options = config_lib.parse_options(arg, 'configs/cifar10_hierarchy.py', _DEFAULTS,
                                      ('runlocal',))
-  try:
-    per_resolution = tuple(int(g) for g in options['groups'].split('-'))
-  except ValueError:
-    per_resolution = ()
+  per_resolution = options['groups']
   if len(per_resolution) != len(RESOLUTIONS) or min(per_resolution) < 0:
     raise config_lib.ConfigError(
         f"configs/cifar10_hierarchy.py: option groups={options['groups']!r} needs "

@@ -36,7 +36,7 @@ experiments/ladder/README.md.
 
 from vae_jax import config as config_lib
 
-_DEFAULTS = {'groups': '64-32-16-8-4', 'merge': 'precision', 'width': 512, 'hidden': 256,
+_DEFAULTS = {'groups': (64, 32, 16, 8, 4), 'merge': 'precision', 'width': 512, 'hidden': 256,
              'epochs': 200.0, 'warmup': 20.0, 'lr': 1e-3, 'batch': 100, 'ema': 0.999,
              'skip': 0.0, 'k': 1}
 
@@ -44,11 +44,6 @@ _DEFAULTS = {'groups': '64-32-16-8-4', 'merge': 'precision', 'width': 512, 'hidd
 def get_config(arg=None):
   options = config_lib.parse_options(arg, 'configs/ladder.py', _DEFAULTS, ('runlocal',),
                                      choices={'merge': ('precision', 'residual')})
-  try:
-    groups = tuple(int(g) for g in options['groups'].split('-'))
-  except ValueError:
-    raise config_lib.ConfigError(f"configs/ladder.py: option groups={options['groups']!r} "
-                                 "is not a '-'-separated list of sizes") from None
   steps_per_epoch = 50_000 // options['batch']
   c = config_lib.default_config()
   c.data.name = 'binarized_mnist'
@@ -58,7 +53,7 @@ def get_config(arg=None):
   c.data.download = False
   c.model.hierarchy = 'top_down'
   c.model.architecture = 'mlp'
-  c.model.groups = groups
+  c.model.groups = options['groups']
   c.model.state_width = options['width']
   c.model.block_hidden = options['hidden']
   c.model.merge = options['merge']

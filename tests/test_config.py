@@ -146,6 +146,9 @@ def test_config_file_options_are_typed_and_checked():
                      'slow': False}
   assert config_lib.parse_options(None, 'f.py', {'k': 5}) == {'k': 5}
   assert config_lib.parse_options('k=1e2', 'f.py', {'k': 5}) == {'k': 100}
+  assert config_lib.parse_options('g=8-4-2', 'f.py', {'g': (1,)}) == {'g': (8, 4, 2)}
+  with pytest.raises(config_lib.ConfigError, match="g='8-x' is not a '-'-separated list"):
+    config_lib.parse_options('g=8-x', 'f.py', {'g': (1,)})
   for arg, match in [('j=1', "f.py: unknown option 'j'; known: k, fast"),
                      ('k', "option 'k' needs a value"), ('fast=1', "'fast' takes no value"),
                      ('k=2.5', "k='2.5' is not an integer"), ('k=x', 'is not an integer'),

@@ -41,7 +41,7 @@ def parse_options(arg, source, defaults=None, switches=(), choices=None):
   """The options after a config file's colon: 'k=5,runlocal' -> a dict.
 
   `defaults` are the options that take a value, each converted to its default's
-  type (a str, int or float); `switches` take none and are True when given;
+  type (a str, int or float, or a tuple of ints written '-'-separated); `switches` take none and are True when given;
   `choices` restricts some of them. Anything else is a ConfigError that names
   `source` (the config file) and what it knows.
   """
@@ -61,6 +61,14 @@ def parse_options(arg, source, defaults=None, switches=(), choices=None):
     if not sep:
       raise ConfigError(f'{source}: option {key!r} needs a value ({key}=...)')
     kind = type(defaults[key])
+    if kind is tuple:  # Sizes, '-'-separated: groups=64-32-16.
+      try:
+        value = tuple(int(part) for part in text.split('-'))
+      except ValueError:
+        raise ConfigError(f"{source}: option {key}={text!r} is not a '-'-separated list of "
+                          'integers') from None
+      options[key] = value
+      continue
     try:
       value = kind(float(text)) if kind is int and float(text).is_integer() else kind(text)
       if kind is float and not math.isfinite(value):

@@ -312,7 +312,7 @@ def _mean_metrics(chunks):
   finite = stacked.pop('finite') > 0
   skipped = stacked.pop('skipped', np.zeros_like(finite, dtype=np.float32)) > 0
   means = {k: float(v[finite].mean()) if finite.any() else float('nan') for k, v in stacked.items()}
-  if 'grad_norm' in stacked and skipped.any():
+  if skipped.any():
     means['skipped'] = float(skipped.sum())
   return means, finite, finite & ~skipped
 

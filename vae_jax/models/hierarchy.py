@@ -192,7 +192,6 @@ class Group(nn.Module):
       z = jnp.where(source == GIVEN, z_given, z)
     if a is not None:
       z = jnp.where(source == POSTERIOR, z_q, z)
-    if a is not None:
       log_p = distributions.gaussian_log_prob(z, p_mean, 2.0 * p_log_std)
       outputs = (z, log_q, log_p, kl, q_mean)
     proj = nn.Conv(width, (1, 1)) if self.spatial else nn.Dense(width)

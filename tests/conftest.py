@@ -6,7 +6,22 @@ and one end-to-end run per kind of model; CI runs everything listed here too
 parametrised family of them, with what it took on 2 CPU cores.
 """
 
+import atexit
+import os
+import shutil
+import tempfile
+
 import pytest
+
+# One persistent compilation cache for the whole session (subprocesses and xdist
+# workers inherit it through the environment): the many tests that build the same
+# small model and step load the compiled programs instead of compiling them again.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  _cache_dir = tempfile.mkdtemp(prefix='vae_jax_tests_jit_cache_')
+  atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+  os.environ.update(JAX_COMPILATION_CACHE_DIR=_cache_dir,
+                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
 
 LONG = (
     'test_benchmark.py::test_benchmark_writes_every_field',  # 68 s
@@ -39,7 +54,88 @@ LONG = (
     # Every family trains, resumes, evaluates and samples (the top-down ones of 2, 5
     # and 20 groups: 135, 196 and 109 s).
     'test_families.py::test_family_trains_resumes_evaluates_and_samples',
+    # Every other check that took 4 s or more in the default run (mostly compiling
+    # a model of its own), moved here to keep that run within a few minutes.
+    'test_checkpoint.py::test_round_trip_is_bit_identical[True]',  # 5 s
+    'test_cli.py::test_workdir_that_is_a_file_is_a_clear_error',  # 5 s
+    'test_config.py::test_cli_bad_config_file_or_flag_is_one_line[args0-error:',  # 5 s
+    'test_config.py::test_cli_bad_config_file_or_flag_is_one_line[args1-error:',  # 4 s
+    'test_config.py::test_cli_rejects_bad_value_before_creating_workdir[--config.data.name=nope-data.name]',  # 4 s
+    'test_config.py::test_cli_rejects_bad_value_before_creating_workdir[--config.model.latent_dim=0-model.latent_dim]',  # 4 s
+    'test_config.py::test_cli_rejects_bad_value_before_creating_workdir[--config.optimizer.learning_rate=-0.1-optimizer.learning_rate]',  # 4 s
+    'test_config.py::test_cli_rejects_misspelt_field',  # 4 s
+    'test_data.py::test_embedded_mnist_split_is_stratified_and_deterministic',  # 13 s
+    'test_distributions.py::test_discretized_logistic_is_a_distribution_over_256_values',  # 5 s
+    'test_distributions.py::test_log_likelihood_sums_over_image_axes',  # 6 s
+    'test_distributions.py::test_mixture_finite_for_extreme_params[10000.0-1]',  # 6 s
+    'test_distributions.py::test_mixture_finite_for_extreme_params[10000.0-3]',  # 6 s
+    'test_distributions.py::test_rgb_mixture_sums_to_one_over_all_colours',  # 15 s
+    'test_evaluate.py::test_chunking_changes_only_float_rounding[1-one_layer]',  # 5 s
+    'test_evaluate.py::test_chunking_changes_only_float_rounding[1-two_layers]',  # 4 s
+    'test_evaluate.py::test_chunking_changes_only_float_rounding[10-two_layers]',  # 4 s
+    'test_evaluate.py::test_estimate_converges_from_below_as_k_grows[one_layer]',  # 9 s
+    'test_evaluate.py::test_estimate_converges_from_below_as_k_grows[two_layers]',  # 11 s
+    'test_evaluate.py::test_evaluate_elbo_averages_the_elbo_over_a_split[3]',  # 6 s
+    'test_evaluate.py::test_evaluate_log_likelihood_over_a_split[1-one_layer]',  # 4 s
+    'test_evaluate.py::test_evaluate_log_likelihood_over_a_split[1-two_layers]',  # 5 s
+    'test_evaluate.py::test_exact_posterior_gives_the_exact_log_likelihood[10-3-two_layers]',  # 5 s
+    'test_evaluate.py::test_exact_posterior_gives_the_exact_log_likelihood[1000-300-one_layer]',  # 6 s
+    'test_evaluate.py::test_exact_posterior_gives_the_exact_log_likelihood[1000-300-two_layers]',  # 7 s
+    'test_evaluate.py::test_exact_posterior_gives_the_exact_log_likelihood[200-64-one_layer]',  # 5 s
+    'test_evaluate.py::test_exact_posterior_gives_the_exact_log_likelihood[200-64-two_layers]',  # 7 s
+    'test_evaluate.py::test_iaf_posterior_log_likelihood_matches_the_closed_form',  # 16 s
+    'test_evaluate.py::test_memory_is_bounded_whatever_k',  # 5 s
+    'test_evaluate.py::test_mixture_prior_log_likelihood_matches_the_closed_form',  # 8 s
+    'test_evaluate.py::test_two_layers_active_units_per_layer',  # 5 s
+    'test_evaluate.py::test_vamp_prior_log_likelihood_matches_the_closed_form',  # 4 s
+    'test_evaluate_workdir.py::test_other_split_and_image_limit',  # 5 s
+    'test_evaluate_workdir.py::test_writes_json_with_every_number',  # 22 s
+    'test_families.py::test_conditional_samples_one_row_per_class',  # 12 s
+    'test_families.py::test_gaussian_on_binary_data_reports_discrete_units',  # 11 s
+    'test_fault_tolerance.py::test_08_extreme_logits_and_log_variances_keep_loss_and_gradients_finite[elbo-0.0-1-bernoulli]',  # 8 s
+    'test_fault_tolerance.py::test_08_extreme_logits_and_log_variances_keep_loss_and_gradients_finite[elbo-0.0-1-gaussian]',  # 4 s
+    'test_fault_tolerance.py::test_08_extreme_logits_and_log_variances_keep_loss_and_gradients_finite[elbo-0.5-1-logistic_mixture]',  # 10 s
+    'test_fault_tolerance.py::test_13_train_step_objectives_evaluation_and_sampling_reuse_no_key[iwae-3]',  # 12 s
+    'test_flows.py::test_fresh_init_starts_near_the_contraction',  # 5 s
+    'test_flows.py::test_jit_vmap_and_flattened_leading_dims_agree',  # 9 s
+    'test_flows.py::test_log_q_matches_autodiff_log_determinant',  # 4 s
+    'test_models.py::test_call_uses_the_explicit_noise',  # 10 s
+    'test_models.py::test_iaf_posterior_builds_and_its_terms_have_the_documented_shapes',  # 5 s
+    'test_models.py::test_mixture_and_vamp_priors_build_and_their_terms_have_the_documented_shapes[mixture]',  # 12 s
+    'test_models.py::test_output_shapes[image_shape0-bernoulli-mlp]',  # 13 s
+    'test_models.py::test_output_shapes[image_shape1-gaussian-conv]',  # 19 s
+    'test_models.py::test_output_shapes[image_shape2-discretized_logistic-mlp]',  # 10 s
+    'test_objectives.py::test_hierarchical_log_weights_are_log_px_with_the_exact_posterior',  # 6 s
+    'test_objectives.py::test_iwae_bound_increases_with_k_towards_log_px[one_layer]',  # 9 s
+    'test_objectives.py::test_iwae_bound_increases_with_k_towards_log_px[two_layers]',  # 16 s
+    'test_objectives.py::test_likelihoods_read_the_decoder_output_as_parameter_planes[lead0-image_shape0-bernoulli]',  # 4 s
+    'test_objectives.py::test_likelihoods_read_the_decoder_output_as_parameter_planes[lead0-image_shape0-discretized_logistic]',  # 6 s
+    'test_objectives.py::test_likelihoods_read_the_decoder_output_as_parameter_planes[lead1-image_shape1-bernoulli]',  # 7 s
+    'test_objectives.py::test_likelihoods_read_the_decoder_output_as_parameter_planes[lead1-image_shape1-discretized_logistic]',  # 9 s
+    'test_objectives.py::test_one_layer_vae_keeps_the_analytic_kl',  # 7 s
+    'test_objectives.py::test_two_layer_bound_equals_a_hand_computed_value',  # 7 s
+    'test_objectives.py::test_two_layer_gradients_reach_every_network',  # 13 s
+    'test_priors.py::test_vamp_prior_is_the_average_of_its_components_and_clips_pseudo_inputs',  # 4 s
+    'test_sampling.py::test_interpolation_and_traversal_move_the_top_latent[False]',  # 7 s
+    'test_sampling.py::test_interpolation_and_traversal_move_the_top_latent[True]',  # 4 s
+    'test_sampling.py::test_two_layer_reconstructions_go_through_z1',  # 6 s
+    'test_sampling.py::test_two_layer_top_down_decoding_follows_the_conditional_prior_means',  # 9 s
+    'test_seeds.py::test_optimizer_counters_follow_the_step_even_over_skipped_steps[adagrad-burda]',  # 4 s
+    'test_seeds.py::test_replica_is_bit_identical_to_the_single_run_with_its_seed',  # 13 s
+    'test_train.py::test_nan_stops_naming_the_step_and_keeps_last_checkpoint[inf]',  # 4 s
+    'test_train.py::test_skip_policy_stops_after_bounded_run[inf]',  # 4 s
+    'test_train.py::test_skip_policy_stops_after_bounded_run[nan]',  # 4 s
+    'test_train.py::test_tfds_dataset_through_mock_data',  # 7 s
 )
+
+
+def pytest_configure(config):
+  # The default run compiles hundreds of tiny programs and runs each for
+  # milliseconds: XLA's backend optimisations cost more than they save there. The
+  # slow checks (real data, long runs) keep them.
+  if 'not slow' in (config.option.markexpr or '') and 'XLA_FLAGS' not in os.environ:
+    os.environ['XLA_FLAGS'] = ('--xla_backend_optimization_level=0 '
+                               '--xla_llvm_disable_expensive_passes=true')
 
 
 @pytest.hookimpl(tryfirst=True)  # Before -m "not slow" deselects.

@@ -267,8 +267,9 @@ def test_two_layer_workdir_trains_evaluates_and_generates(tmp_path):
   assert results['kl'] == pytest.approx(results['recon'] - results['elbo'])
   out_dir = str(tmp_path / 'generated')
   generate.generate(workdir, out_dir, [0.5, 1.0], 4, [0, 1], [0, 1], 0, traverse_dims=3)
-  assert sorted(os.listdir(out_dir)) == ['interpolation.png', 'reconstructions.png',
-                                         'samples_t0.5.png', 'samples_t1.png', 'traversal.png']
+  assert sorted(os.listdir(out_dir)) == ['interpolation.png', 'kl_per_layer.png',
+                                         'reconstructions.png', 'samples_t0.5.png',
+                                         'samples_t1.png', 'traversal.png']
 
 
 # The prior and posterior families on the linear-Gaussian likelihood p(x | z) =

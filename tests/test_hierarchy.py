@@ -29,12 +29,17 @@ from test_train import tiny_config
 BERNOULLI = likelihoods.make_likelihood('bernoulli', channels=1, levels=2, num_mix=1)
 
 
+@jax.jit
 def perturbed(params, key, scale=0.3):
   """Params with every leaf moved, so zero-initialised prior nets say something."""
   leaves, tree = jax.tree.flatten(params)
   keys = jax.random.split(key, len(leaves))
-  return jax.tree.unflatten(tree, [v + scale * jax.random.normal(k, v.shape)
-                                   for v, k in zip(leaves, keys)])
+  # normal(k, shape) is the first prod(shape) of normal(k, (n,)) for any larger n
+  # (threefry counts per element): one program for all the leaves, not one per shape.
+  longest = max(v.size for v in leaves)
+  noise = jax.vmap(lambda k: jax.random.normal(k, (longest,)))(keys)
+  return jax.tree.unflatten(tree, [v + scale * n[:v.size].reshape(v.shape)
+                                   for v, n in zip(leaves, noise)])
 
 
 def widened(params, shift):
@@ -52,7 +57,8 @@ def widened(params, shift):
 def build(shapes, image_shape=(4, 4, 1), key=0, **kwargs):
   kwargs = dict(dict(width=16, hidden=8), **kwargs)
   model = hierarchy.TopDownVAE(BERNOULLI, image_shape, tuple(shapes), **kwargs)
-  params = models.init_params(model, jax.random.key(key), image_shape)
+  # Jitted: compiling the init once is quicker than running its ops one by one.
+  params = jax.jit(lambda k: models.init_params(model, k, image_shape))(jax.random.key(key))
   return model, perturbed(params, jax.random.key(key + 100))
 
 
@@ -71,8 +77,9 @@ def test_log_likelihood_matches_brute_force_integration(merge):
   z1, z2 = (a.reshape(-1, 1) for a in np.meshgrid(grid, grid, indexing='ij'))
   rows = z1.shape[0]
   given = jnp.asarray(np.concatenate([z1, z2], axis=1), jnp.float32)
-  out, groups = model.apply({'params': params}, jnp.broadcast_to(x, (rows, 2, 2, 1)),
-                            jnp.zeros((rows, 2)), hierarchy.GIVEN, 1.0, given, method='_pass')
+  out, groups = jax.jit(lambda p, z: model.apply(
+      {'params': p}, jnp.broadcast_to(x, (rows, 2, 2, 1)), jnp.zeros((rows, 2)), hierarchy.GIVEN,
+      1.0, z, method='_pass'))(params, given)
   log_joint = (BERNOULLI.log_prob(x, out[None])[0]
                + sum(jnp.sum(g[2], axis=-1) for g in groups))
   step = grid[1] - grid[0]
@@ -90,7 +97,7 @@ def test_analytic_kl_is_the_mean_of_log_q_minus_log_p(merge):
   model, params = build([(3,), (2,), (2,)], merge=merge)
   x = binary_images(2)
   eps = jax.random.normal(jax.random.key(3), (4000, 2, model.noise_dim))  # 4,000 draws.
-  layers = objectives.terms(model, params, x, eps, decode=False).layers
+  layers = jax.jit(lambda p, e: objectives.terms(model, p, x, e, decode=False).layers)(params, eps)
   # The top group's KL is exact given x; a lower group's is given the groups above,
   # so its expectation over their samples is what log q - log p estimates.
   for layer in layers:
@@ -152,7 +159,8 @@ def test_scanned_groups_equal_the_same_groups_unrolled(remat):
 
 def _matmuls(shapes, scan):
   """How many matmuls the gradient program of the ELBO holds (each scan body counted once)."""
-  model, params = build(shapes, scan=scan)
+  model = hierarchy.TopDownVAE(BERNOULLI, (4, 4, 1), tuple(shapes), width=16, hidden=8, scan=scan)
+  params = jax.eval_shape(lambda: models.init_params(model, jax.random.key(0), (4, 4, 1)))
   x = binary_images(2)
   jaxpr = jax.make_jaxpr(jax.grad(lambda p: -jnp.mean(
       objectives.elbo(model, p, x, jax.random.key(0))[0])))(params)
@@ -199,8 +207,10 @@ def test_reconstructions_from_the_top_m_groups():
 
 def test_temperature_per_group():
   model, params = build([(4,), (3,), (2,)])
+  apply = jax.jit(lambda key, temperature: model.apply(
+      {'params': params}, key, 4, temperature, method='sample'))
   def sample(key, temperature):
-    return model.apply({'params': params}, jax.random.key(key), 4, temperature, method='sample')
+    return apply(jax.random.key(key), jnp.asarray(temperature, jnp.float32))
   np.testing.assert_allclose(sample(0, [1.0, 1.0, 1.0]), sample(0, 1.0), rtol=1e-6)
   # At temperature 0 every group is its prior mean: the noise does not matter.
   np.testing.assert_allclose(sample(0, 0.0), sample(1, 0.0), rtol=1e-6)

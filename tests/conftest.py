@@ -1,8 +1,8 @@
 """The long checks: end-to-end runs, subprocesses and large compilations, marked `slow`.
 
-The default suite (`python -m pytest -q`) keeps the fast tests of every module
-and one end-to-end run per kind of model; CI runs everything listed here too
-(`python -m pytest -q -m slow`). Each entry is a test id or the prefix of a
+The default suite (`python -m pytest -q -n auto`) keeps the fast tests of every
+module and one end-to-end run per kind of model; CI runs everything listed here
+too (`python -m pytest -q -m slow`). Each entry is a test id or the prefix of a
 parametrised family of them, with what it took on 2 CPU cores.
 """
 

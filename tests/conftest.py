@@ -54,6 +54,7 @@ LONG = (
     # Every family trains, resumes, evaluates and samples (the top-down ones of 2, 5
     # and 20 groups: 135, 196 and 109 s).
     'test_families.py::test_family_trains_resumes_evaluates_and_samples',
+    'test_read_only_tools.py::test_generate_cli_bad_flag_is_one_line_and_writes_nothing',  # 2x5 s
     # Every other check that took 4 s or more in the default run (mostly compiling
     # a model of its own), moved here to keep that run within a few minutes.
     'test_checkpoint.py::test_round_trip_is_bit_identical[True]',  # 5 s

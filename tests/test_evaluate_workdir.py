@@ -10,6 +10,7 @@ import pytest
 
 from vae_jax import evaluate_workdir
 from vae_jax import train
+from vae_jax import workdir as workdir_lib
 
 from test_train import tiny_config
 
@@ -46,6 +47,14 @@ def test_other_split_and_image_limit(trained):
                                               progress=False)
   assert results['num_images'] == 30 and results['split'] == 'train'
   assert os.path.exists(os.path.join(trained, 'eval_train_k5_n30.json'))
+  # --output writes elsewhere; more images than the split holds is refused, not capped.
+  elsewhere = os.path.join(os.path.dirname(trained), 'elsewhere.json')
+  evaluate_workdir.evaluate_workdir(trained, 'train', num_samples=2, num_images=4,
+                                    progress=False, output=elsewhere)
+  assert json.load(open(elsewhere))['num_images'] == 4
+  with pytest.raises(workdir_lib.FlagError, match='--num_images: the test split has 500'):
+    evaluate_workdir.evaluate_workdir(trained, 'test', num_samples=2, num_images=501,
+                                      progress=False)
 
 
 def test_cli_on_a_non_workdir_is_a_clear_error(tmp_path):

@@ -42,6 +42,7 @@ def _define_flags():
                                      'Images per log p(x) call.')
   flags.DEFINE_integer('chunk_size', evaluate.DEFAULT_IMPORTANCE_CHUNK_SIZE,
                                      'Samples decoded per scan step of the log p(x) estimate.')
+  flags.DEFINE_string('output', None, 'Write the JSON here (default: WORKDIR/eval_SPLIT_kK.json).')
   flags.mark_flag_as_required('workdir')
 
 
@@ -68,15 +69,35 @@ def output_path(workdir, split, num_samples, num_images=0):
   return os.path.join(workdir, f'eval_{split}_k{num_samples}{suffix}.json')
 
 
+def check_counts(num_samples, num_images, batch_size, chunk_size):
+  """FlagError naming the first count out of range."""
+  for name, value, least in (('num_samples', num_samples, 1), ('num_images', num_images, 0),
+                             ('batch_size', batch_size, 1), ('chunk_size', chunk_size, 1)):
+    if value < least:
+      raise workdir_lib.FlagError(f'--{name}: must be {least} or more, got {value}')
+
+
 def evaluate_workdir(workdir, split='test', num_samples=5000, num_images=0, step=None,
                      batch_size=evaluate.DEFAULT_IMPORTANCE_BATCH_SIZE,
-                     chunk_size=evaluate.DEFAULT_IMPORTANCE_CHUNK_SIZE, progress=True) -> dict:
-  """Evaluates the checkpoint at `step` (default: latest) on `split`; returns what it wrote."""
+                     chunk_size=evaluate.DEFAULT_IMPORTANCE_CHUNK_SIZE, progress=True,
+                     output=None) -> dict:
+  """Evaluates the checkpoint at `step` (default: latest) on `split`; returns what it wrote
+  (to `output`, default output_path(...) in the workdir). Every count and the output
+  are checked before the workdir is read: a bad flag or an unwritable output costs
+  nothing, not the minutes of the evaluation."""
   start = time.perf_counter()
+  check_counts(num_samples, num_images, batch_size, chunk_size)
+  workdir_lib.load_config(workdir)  # Not a workdir: said first.
+  path = workdir_lib.check_writable(
+      output or output_path(workdir, split, num_samples, num_images),
+      '' if output else ' (pass --output=FILE to write elsewhere)')
   exp, params, step = generate.load_trained(workdir, step)
   config, model, key = exp.config, exp.model, exp.keys['eval']
   images, labels = split_images(config, exp.dataset, split, model.likelihood.dequantize)
   labels = train.labels_of(exp, labels)
+  if num_images > len(images):
+    raise workdir_lib.FlagError(
+        f'--num_images: the {split} split has {len(images)} images, got {num_images}')
   if num_images:
     images = images[:num_images]
     labels = None if labels is None else labels[:num_images]
@@ -100,7 +121,6 @@ def evaluate_workdir(workdir, split='test', num_samples=5000, num_images=0, step
   results['kl_per_dim'] = np.concatenate(kl).tolist()
   results['kl_per_layer'] = [float(np.sum(k)) for k in kl]
   results['wall_time_s'] = time.perf_counter() - start
-  path = output_path(workdir, split, num_samples, num_images)
   workdir_lib.write_json(path, results)
   vlog.info(f'{split} (step {step}, {len(images)} images): log p(x) K={num_samples} '
             f'{results["log_px"]:.2f} nats ({results["bits_per_dim"]:.4f} bits/dim), '
@@ -116,8 +136,9 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO.
   try:
     evaluate_workdir(FLAGS.workdir, FLAGS.split, FLAGS.num_samples, FLAGS.num_images,
-                     FLAGS.step, FLAGS.batch_size, FLAGS.chunk_size)
-  except (workdir_lib.WorkdirError, checkpoint.CheckpointError, data.DatasetError) as e:
+                     FLAGS.step, FLAGS.batch_size, FLAGS.chunk_size, output=FLAGS.output)
+  except (workdir_lib.WorkdirError, workdir_lib.FlagError, checkpoint.CheckpointError,
+          data.DatasetError) as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
     sys.exit(1)
 

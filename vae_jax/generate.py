@@ -18,6 +18,7 @@ A conditional VAE draws one row of samples per class, and reconstructs,
 interpolates and traverses with the images' own labels.
 """
 
+import math
 import os
 import sys
 
@@ -28,6 +29,7 @@ from absl import flags
 from absl import logging
 
 from vae_jax import checkpoint
+from vae_jax import config as config_lib
 from vae_jax import data
 from vae_jax import evaluate
 from vae_jax import logging as vlog
@@ -60,6 +62,11 @@ def load_trained(workdir, step=None):
   The params are what the run evaluated: the moving average with optimizer.ema_decay > 0.
   """
   config = workdir_lib.load_config(workdir)
+  try:
+    config_lib.validate(config)
+  except config_lib.ConfigError as e:  # A hand-edited config.json.
+    raise workdir_lib.WorkdirError(
+        f'{os.path.join(workdir, workdir_lib.CONFIG_FILE)}: {e}') from e
   if config.train.num_seeds > 1:
     seeds = train.replica_seeds(config)
     raise workdir_lib.WorkdirError(
@@ -108,21 +115,58 @@ def _hierarchy_pictures(out_dir, model, params, x, key, group_temperatures, num_
   vlog.info('hierarchy.png: held-out images, then the top m groups from q for m = '
             + ', '.join(map(str, depths)))
   if group_temperatures:
-    if len(group_temperatures) != model.num_groups:
-      raise workdir_lib.WorkdirError(
-          f'--group_temperatures: the model has {model.num_groups} groups, got '
-          f'{len(group_temperatures)} temperatures')
     _save(out_dir, 'samples_groups', sampling.prior_samples(
         model, params, key, num_samples, np.asarray(group_temperatures, np.float32)))
 
 
+def check_flags(temperatures, num_samples, interpolate, traverse_dims, group_temperatures=()):
+  """FlagError naming the first flag out of range (before the workdir is read)."""
+  for t in temperatures:
+    if not (math.isfinite(t) and t > 0):
+      raise workdir_lib.FlagError(f'--temperatures: each must be a finite number above 0, '
+                                  f'got {t}')
+  for t in group_temperatures:
+    if not (math.isfinite(t) and t >= 0):
+      raise workdir_lib.FlagError(f'--group_temperatures: each must be a finite number, 0 '
+                                  f'(the prior mean) or more, got {t}')
+  for name, value in (('num_samples', num_samples), ('traverse_dims', traverse_dims)):
+    if value < 1:
+      raise workdir_lib.FlagError(f'--{name}: must be 1 or more, got {value}')
+  if len(interpolate) != 2:
+    raise workdir_lib.FlagError(f'--interpolate: two held-out image indices, got '
+                                f'{len(interpolate)}')
+
+
+def check_indices(count, reconstruct, interpolate, traverse):
+  """FlagError naming the first index outside the `count` held-out images."""
+  if not reconstruct:
+    raise workdir_lib.FlagError('--reconstruct: at least one held-out image index')
+  for name, indices in (('reconstruct', reconstruct), ('interpolate', interpolate),
+                        ('traverse', [traverse])):
+    for i in indices:
+      if not 0 <= i < count:
+        raise workdir_lib.FlagError(f'--{name}: the held-out split has {count} images '
+                                    f'(0 to {count - 1}), got {i}')
+
+
 def generate(workdir, out_dir, temperatures, num_samples, reconstruct, interpolate,
              traverse, traverse_dims, seed=0, step=None, group_temperatures=()):
+  check_flags(temperatures, num_samples, interpolate, traverse_dims, group_temperatures)
   exp, params, step = load_trained(workdir, step)
-  os.makedirs(out_dir, exist_ok=True)
   model = exp.model
   dequantize = model.likelihood.dequantize
   eval_images = data.fixed_eval_images(exp.dataset, exp.config.seed, dequantize=dequantize)
+  check_indices(len(eval_images), reconstruct, interpolate, traverse)
+  if group_temperatures and not hasattr(model, 'reconstruct_top'):
+    raise workdir_lib.FlagError('--group_temperatures: only a top-down hierarchy '
+                                '(model.hierarchy=top_down) has groups')
+  if group_temperatures and len(group_temperatures) != model.num_groups:
+    raise workdir_lib.FlagError(f'--group_temperatures: the model has {model.num_groups} '
+                                f'groups, got {len(group_temperatures)} temperatures')
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+  except OSError as e:
+    raise workdir_lib.FlagError(f'--output_dir: cannot create {out_dir}: {e}') from e
   eval_labels = train.labels_of(exp, exp.dataset.eval_labels)
   key = jax.random.key(seed)
   labels, columns = None, None
@@ -151,9 +195,6 @@ def generate(workdir, out_dir, temperatures, num_samples, reconstruct, interpola
                       [float(np.sum(k)) for k in kl_layers])
   if hasattr(model, 'reconstruct_top'):
     _hierarchy_pictures(out_dir, model, params, x[:8], key, group_temperatures, num_samples)
-  elif group_temperatures:
-    raise workdir_lib.WorkdirError('--group_temperatures: only a top-down hierarchy '
-                                   '(model.hierarchy=top_down) has groups')
   kl = kl_layers[-1]
   score, unit = kl, 'KL (nats)'
   dim = model.latent_dims[-1]
@@ -180,19 +221,22 @@ def main(argv):
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO.
   out_dir = FLAGS.output_dir or os.path.join(FLAGS.workdir, 'generated')
-  for name in ('temperatures', 'group_temperatures'):
+  lists = {}
+  for name, kind, what in (('temperatures', float, 'numbers'),
+                           ('group_temperatures', float, 'numbers'),
+                           ('reconstruct', int, 'integers'), ('interpolate', int, 'integers')):
     try:
-      [float(t) for t in FLAGS[name].value]
+      lists[name] = [kind(v) for v in FLAGS[name].value]
     except ValueError:
-      print(f'error: --{name}: expected comma-separated numbers, got {FLAGS[name].value}',
-            file=sys.stderr, flush=True)
+      print(f'error: --{name}: expected comma-separated {what}, got '
+            f'{",".join(FLAGS[name].value)}', file=sys.stderr, flush=True)
       sys.exit(1)
   try:
-    generate(FLAGS.workdir, out_dir, [float(t) for t in FLAGS.temperatures],
-             FLAGS.num_samples, [int(i) for i in FLAGS.reconstruct],
-             [int(i) for i in FLAGS.interpolate], FLAGS.traverse, FLAGS.traverse_dims,
-             FLAGS.seed, FLAGS.step, [float(t) for t in FLAGS.group_temperatures])
-  except (workdir_lib.WorkdirError, checkpoint.CheckpointError, data.DatasetError) as e:
+    generate(FLAGS.workdir, out_dir, lists['temperatures'], FLAGS.num_samples,
+             lists['reconstruct'], lists['interpolate'], FLAGS.traverse, FLAGS.traverse_dims,
+             FLAGS.seed, FLAGS.step, lists['group_temperatures'])
+  except (workdir_lib.WorkdirError, workdir_lib.FlagError, checkpoint.CheckpointError,
+          data.DatasetError) as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
     sys.exit(1)
 

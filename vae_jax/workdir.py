@@ -23,6 +23,26 @@ class WorkdirError(RuntimeError):
   """A workdir that cannot be used, or a resume that is refused; says which and why."""
 
 
+class FlagError(ValueError):
+  """A tool's flag that cannot be used; names the flag and what it accepts."""
+
+
+def check_writable(path: str, hint: str = '') -> str:
+  """`path` (absolute) if a file can be written there, checked by writing a probe
+  beside it; FlagError naming the path (and `hint`) otherwise. For tools that write
+  their result after minutes of work: they check first."""
+  path = os.path.abspath(os.path.expanduser(path))
+  parent = os.path.dirname(path)
+  try:
+    if os.path.isdir(path):
+      raise OSError(f'{path} is a directory')
+    with tempfile.NamedTemporaryFile('w', dir=parent, prefix='.write_test') as probe:
+      probe.write('ok')
+  except OSError as e:
+    raise FlagError(f'--output: cannot write {path}: {e}{hint}') from e
+  return path
+
+
 def prepare(workdir: str) -> str:
   """Makes the workdir (absolute) and checks that it is a writable directory."""
   path = os.path.abspath(os.path.expanduser(workdir))

@@ -19,6 +19,7 @@ import time
 
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 import jax.numpy as jnp
 import optax
@@ -71,6 +72,8 @@ def step_cost(num_groups, scan, remat):
 
 def main(argv):
   del argv
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # jax's backend probing logs at INFO.
   rows = []
   for scan, remat in ((True, False), (True, True), (False, False)):
     for groups in (int(g) for g in _GROUPS.value):

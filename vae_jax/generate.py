@@ -63,7 +63,9 @@ def load_trained(workdir, step=None):
   """
   config = workdir_lib.load_config(workdir)
   try:
-    config_lib.validate(config)
+    # One device: the batch divides any count of devices a tool runs on; the
+    # tools do not train, and evaluation batches are their own.
+    config_lib.validate(config, num_devices=1)
   except config_lib.ConfigError as e:  # A hand-edited config.json.
     raise workdir_lib.WorkdirError(
         f'{os.path.join(workdir, workdir_lib.CONFIG_FILE)}: {e}') from e

@@ -55,6 +55,7 @@ LONG = (
     # and 20 groups: 135, 196 and 109 s).
     'test_families.py::test_family_trains_resumes_evaluates_and_samples',
     'test_read_only_tools.py::test_generate_cli_bad_flag_is_one_line_and_writes_nothing',  # 2x5 s
+    'test_config.py::test_cli_bad_config_file_or_flag_is_one_line[args4',  # 4 s
     # Every other check that took 4 s or more in the default run (mostly compiling
     # a model of its own), moved here to keep that run within a few minutes.
     'test_checkpoint.py::test_round_trip_is_bit_identical[True]',  # 5 s

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import ml_collections
 import pytest
 
 from vae_jax import config as config_lib
@@ -169,14 +170,25 @@ def test_config_file_options_are_typed_and_checked():
     (['--config=configs/nope.py'], "error: --config: [Errno 2] No such file or directory"),
     (['--config=configs/quickstart.py', '--workdirr=x'], "error: Unknown command line flag"),
     (['--config={bad}'], 'bad_config.py:2: ZeroDivisionError: division by zero'),
+    (['--config={not_a_config}'], 'not_a_config.py: the config is a dict, not an '
+     'ml_collections.ConfigDict'),
 ])
 def test_cli_bad_config_file_or_flag_is_one_line(args, message, tmp_path):
   bad = tmp_path / 'bad_config.py'
   bad.write_text('def get_config(arg=None):\n  return 1 / 0\n')
-  args = [a.format(bad=bad) for a in args]
+  not_a_config = tmp_path / 'not_a_config.py'
+  not_a_config.write_text('def get_config(arg=None):\n  return {"seed": 0}\n')
+  args = [a.format(bad=bad, not_a_config=not_a_config) for a in args]
   result = subprocess.run([sys.executable, '-m', 'vae_jax.main', f'--workdir={tmp_path / "run"}',
                            *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert result.returncode == 1
   assert result.stderr.strip().splitlines() == [result.stderr.strip()]  # One line.
   assert message in result.stderr
   assert not (tmp_path / 'run').exists()
+
+
+def test_a_config_that_is_not_a_config_dict_or_lacks_fields_names_what():
+  with pytest.raises(config_lib.ConfigError, match='the config is a dict, not an ml_collections'):
+    config_lib.validate({'seed': 0})
+  with pytest.raises(config_lib.ConfigError, match=r'config\.data\.name: missing'):
+    config_lib.validate(ml_collections.ConfigDict({'seed': 0}))

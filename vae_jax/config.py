@@ -230,7 +230,11 @@ def _positive(config, field, kind=int, allow_zero=False):
 def _get(config, field):
   value = config
   for part in field.split('.'):
-    value = value[part]
+    try:
+      value = value[part]
+    except (KeyError, TypeError, AttributeError):
+      raise ConfigError(f'config.{field}: missing (a config built without '
+                        f'config.default_config()?)') from None
   return value
 
 
@@ -244,6 +248,9 @@ def _number(config, field):
 
 def validate(config, num_devices=None):
   """Raises ConfigError naming the first field whose value cannot work."""
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f'the config is a {type(config).__name__}, not an '
+                      f'ml_collections.ConfigDict: get_config() must return one')
   _positive(config, 'seed', allow_zero=True)
   _choice(config, 'data.name', DATASETS)
   _choice(config, 'data.binarization', BINARIZATIONS)

@@ -16,6 +16,7 @@ import traceback
 from absl import app
 from absl import flags
 from absl import logging
+import ml_collections
 from ml_collections import config_flags
 
 from vae_jax import checkpoint
@@ -49,6 +50,9 @@ def main(argv):
       vlog.info(f'Multi-process run: {sharding.describe()}.')
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except USER_ERRORS as e:
+    if isinstance(e, config_lib.ConfigError) and not isinstance(_CONFIG.value,
+                                                               ml_collections.ConfigDict):
+      e = f'--config: {config_flags.get_config_filename(flags.FLAGS["config"])}: {e}'
     print(f'error: {e}', file=sys.stderr, flush=True)
     if isinstance(e, checkpoint.CheckpointError):
       # A failed save leaves orbax's writer threads and asyncio tasks holding

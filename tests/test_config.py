@@ -103,13 +103,19 @@ def test_cli_rejects_bad_value_before_creating_workdir(tmp_path, override, field
   assert not workdir.exists()
 
 
-def test_cli_rejects_misspelt_field(tmp_path):
+@pytest.mark.parametrize('overrides,misspelt', [
+    (['--config.model.latnet_dim=5'], '--config.model.latnet_dim=5'),
+    # Beside a valid flag of a similar name: the misspelt one is blamed.
+    (['--config.train.num_step=3', '--config.train.num_steps=300'], '--config.train.num_step=3'),
+    (['--config.train.num_steps=300', '--config.train.num_step=3'], '--config.train.num_step=3'),
+])
+def test_cli_rejects_misspelt_field(tmp_path, overrides, misspelt):
   result = subprocess.run(
       [sys.executable, '-m', 'vae_jax.main', '--config=configs/quickstart.py',
-       f'--workdir={tmp_path / "run"}', '--config.model.latnet_dim=5'],
+       f'--workdir={tmp_path / "run"}', *overrides],
       cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert result.returncode != 0
-  assert 'latnet_dim' in result.stderr
+  assert result.stderr.startswith(f'error: {misspelt}: config has no field')
   assert not (tmp_path / 'run').exists()
 
 

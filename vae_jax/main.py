@@ -107,7 +107,10 @@ def _parse_flags(argv):
   except (AttributeError, KeyError) as e:
     missing = _no_such_field(e)
     overrides = [a for a in argv[1:] if a.startswith('--config.')]
-    culprit = [a for a in overrides if missing and f'.{missing[0]}' in a.split('=')[0]]
+    # The override whose path holds the missing name (not one that merely starts
+    # like it: --config.train.num_steps beside a misspelt --config.train.num_step).
+    culprit = [a for a in overrides
+               if missing and missing[0] in a.split('=')[0].split('.')[1:]]
     if culprit:
       print(f'error: {culprit[0]}: config has no field {missing[0]!r}. {missing[1]}'.strip(),
             file=sys.stderr, flush=True)

@@ -69,14 +69,6 @@ def output_path(workdir, split, num_samples, num_images=0):
   return os.path.join(workdir, f'eval_{split}_k{num_samples}{suffix}.json')
 
 
-def check_counts(num_samples, num_images, batch_size, chunk_size):
-  """FlagError naming the first count out of range."""
-  for name, value, least in (('num_samples', num_samples, 1), ('num_images', num_images, 0),
-                             ('batch_size', batch_size, 1), ('chunk_size', chunk_size, 1)):
-    if value < least:
-      raise workdir_lib.FlagError(f'--{name}: must be {least} or more, got {value}')
-
-
 def evaluate_workdir(workdir, split='test', num_samples=5000, num_images=0, step=None,
                      batch_size=evaluate.DEFAULT_IMPORTANCE_BATCH_SIZE,
                      chunk_size=evaluate.DEFAULT_IMPORTANCE_CHUNK_SIZE, progress=True,
@@ -86,7 +78,9 @@ def evaluate_workdir(workdir, split='test', num_samples=5000, num_images=0, step
   are checked before the workdir is read: a bad flag or an unwritable output costs
   nothing, not the minutes of the evaluation."""
   start = time.perf_counter()
-  check_counts(num_samples, num_images, batch_size, chunk_size)
+  workdir_lib.check_at_least(1, num_samples=num_samples, batch_size=batch_size,
+                             chunk_size=chunk_size)
+  workdir_lib.check_at_least(0, num_images=num_images)
   workdir_lib.load_config(workdir)  # Not a workdir: said first.
   path = workdir_lib.check_writable(
       output or output_path(workdir, split, num_samples, num_images),

@@ -131,9 +131,7 @@ def check_flags(temperatures, num_samples, interpolate, traverse_dims, group_tem
     if not (math.isfinite(t) and t >= 0):
       raise workdir_lib.FlagError(f'--group_temperatures: each must be a finite number, 0 '
                                   f'(the prior mean) or more, got {t}')
-  for name, value in (('num_samples', num_samples), ('traverse_dims', traverse_dims)):
-    if value < 1:
-      raise workdir_lib.FlagError(f'--{name}: must be 1 or more, got {value}')
+  workdir_lib.check_at_least(1, num_samples=num_samples, traverse_dims=traverse_dims)
   if len(interpolate) != 2:
     raise workdir_lib.FlagError(f'--interpolate: two held-out image indices, got '
                                 f'{len(interpolate)}')

@@ -50,10 +50,10 @@ def main(argv):
       vlog.info(f'Multi-process run: {sharding.describe()}.')
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except USER_ERRORS as e:
-    if isinstance(e, config_lib.ConfigError) and not isinstance(_CONFIG.value,
-                                                               ml_collections.ConfigDict):
-      e = f'--config: {config_flags.get_config_filename(flags.FLAGS["config"])}: {e}'
-    print(f'error: {e}', file=sys.stderr, flush=True)
+    message = str(e)
+    if not isinstance(_CONFIG.value, ml_collections.ConfigDict):  # Name the file at fault.
+      message = f'--config: {config_flags.get_config_filename(flags.FLAGS["config"])}: {e}'
+    print(f'error: {message}', file=sys.stderr, flush=True)
     if isinstance(e, checkpoint.CheckpointError):
       # A failed save leaves orbax's writer threads and asyncio tasks holding
       # errors nobody retrieves; interpreter teardown would print a page of

@@ -27,17 +27,30 @@ class FlagError(ValueError):
   """A tool's flag that cannot be used; names the flag and what it accepts."""
 
 
+def check_at_least(least, **counts):
+  """FlagError naming the first of the `counts` (flag name -> value) below `least`."""
+  for name, value in counts.items():
+    if value < least:
+      raise FlagError(f'--{name}: must be {least} or more, got {value}')
+
+
+def _probe_write(directory):
+  """Writes and removes a file in `directory`; OSError if it cannot. A name of its
+  own: every process of a multi-process run probes at once."""
+  with tempfile.NamedTemporaryFile('w', dir=directory, prefix='.write_test') as probe:
+    probe.write('ok')
+    probe.flush()
+
+
 def check_writable(path: str, hint: str = '') -> str:
   """`path` (absolute) if a file can be written there, checked by writing a probe
   beside it; FlagError naming the path (and `hint`) otherwise. For tools that write
   their result after minutes of work: they check first."""
   path = os.path.abspath(os.path.expanduser(path))
-  parent = os.path.dirname(path)
   try:
     if os.path.isdir(path):
       raise OSError(f'{path} is a directory')
-    with tempfile.NamedTemporaryFile('w', dir=parent, prefix='.write_test') as probe:
-      probe.write('ok')
+    _probe_write(os.path.dirname(path))
   except OSError as e:
     raise FlagError(f'--output: cannot write {path}: {e}{hint}') from e
   return path
@@ -50,10 +63,7 @@ def prepare(workdir: str) -> str:
     raise WorkdirError(f'workdir {path} exists and is not a directory')
   try:
     os.makedirs(path, exist_ok=True)
-    # A name of its own: every process of a multi-process run probes at once.
-    with tempfile.NamedTemporaryFile('w', dir=path, prefix='.write_test') as probe:
-      probe.write('ok')
-      probe.flush()
+    _probe_write(path)
   except OSError as e:
     raise WorkdirError(f'workdir {path} is not writable: {e}') from e
   return path

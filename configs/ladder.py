@@ -22,6 +22,8 @@ only by evaluate_workdir. Options, comma-separated:
   epochs   training budget.                                  default 200
   warmup   KL warm-up epochs (beta 0 -> 1).                  default 20
   lr       Adam learning rate.                               default 0.001
+  schedule constant, or cosine (decay to 0 over the run).    default constant
+  free_bits  KL floor per latent in nats (objective.free_bits). default 0
   batch    batch size.                                       default 100
   ema      decay of the parameters' moving average.          default 0.999
   skip     gradient-norm skip threshold (0: never skip; set it
@@ -38,12 +40,13 @@ from vae_jax import config as config_lib
 
 _DEFAULTS = {'groups': (64, 32, 16, 8, 4), 'merge': 'precision', 'width': 512, 'hidden': 256,
              'epochs': 200.0, 'warmup': 20.0, 'lr': 1e-3, 'batch': 100, 'ema': 0.999,
-             'skip': 0.0, 'k': 1}
+             'skip': 0.0, 'k': 1, 'schedule': 'constant', 'free_bits': 0.0}
 
 
 def get_config(arg=None):
   options = config_lib.parse_options(arg, 'configs/ladder.py', _DEFAULTS, ('runlocal',),
-                                     choices={'merge': ('precision', 'residual')})
+                                     choices={'merge': ('precision', 'residual'),
+                                              'schedule': ('constant', 'cosine')})
   steps_per_epoch = 50_000 // options['batch']
   c = config_lib.default_config()
   c.data.name = 'binarized_mnist'
@@ -63,8 +66,10 @@ def get_config(arg=None):
     c.objective.num_samples = options['k']
   else:
     c.objective.kl_warmup_steps = int(options['warmup'] * steps_per_epoch)
+  c.objective.free_bits = options['free_bits']  # With k > 1, validate() names it.
   c.optimizer.name = 'adam'
   c.optimizer.learning_rate = options['lr']
+  c.optimizer.schedule = options['schedule']
   c.optimizer.grad_clip_norm = 200.0
   c.optimizer.skip_threshold = options['skip']
   c.optimizer.ema_decay = options['ema']

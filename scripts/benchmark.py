@@ -12,8 +12,9 @@ the compile time of the train step and of both evaluations; training
 throughput three ways: a bare, hand-written jitted step of the same model, the
 library's step called as its loop calls it (Trainer.run_call), and the real
 loop, `train.train_and_evaluate` in a temporary workdir with evaluation pushed
-past the end, read from its metrics.jsonl; last, the importance-sampled log
-p(x) throughput. The two steps are timed in turns, before and after each of
+past the end, read from its metrics.jsonl; the importance-sampled log p(x)
+throughput; last, the save and restore times of the train state with and
+without the SHA-256 of every array that checkpoints carry (timed in turns). The two steps are timed in turns, before and after each of
 LOOP_TURNS runs of the loop, so that the ratios survive a shared, noisy
 machine. Every throughput is a median of timed repeats after a warm-up, each
 phase bounded by --seconds. The default run takes 1-3 minutes on 2 CPU cores.
@@ -39,6 +40,7 @@ from ml_collections import config_flags
 import numpy as np
 import optax
 
+from vae_jax import checkpoint
 from vae_jax import config as config_lib
 from vae_jax import data
 from vae_jax import evaluate
@@ -529,6 +531,42 @@ def bench_elbo_eval(exp, params, eval_images):
           'num_images': len(eval_images)}
 
 
+def bench_checkpoint(state, repeats):
+  """Median seconds to save (the part the loop waits for, and until committed) and to
+  restore `state`, with the arrays' checksums and without, timed in turns."""
+  tree = state.to_dict()
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tree)
+  times = {verify: {'save_call_s': [], 'save_committed_s': [], 'restore_s': []}
+           for verify in (True, False)}
+  with tempfile.TemporaryDirectory() as directory:
+    checkpointers = {verify: checkpoint.Checkpointer(os.path.join(directory, str(verify)),
+                                                     max_to_keep=2, verify=verify)
+                     for verify in (True, False)}
+    for step in range(1, repeats + 2):  # The first turn warms up and is not counted.
+      for verify, ckpt in checkpointers.items():
+        start = time.perf_counter()
+        ckpt.save(step, tree)
+        call = time.perf_counter() - start
+        ckpt.wait_until_finished()
+        committed = time.perf_counter() - start
+        start = time.perf_counter()
+        restored = ckpt.restore(target, step)[1]
+        jax.block_until_ready(restored)
+        if step > 1:
+          for name, value in (('save_call_s', call), ('save_committed_s', committed),
+                              ('restore_s', time.perf_counter() - start)):
+            times[verify][name].append(value)
+    for ckpt in checkpointers.values():
+      ckpt.close()
+  medians = {('verified' if verify else 'unverified'): {k: float(np.median(v))
+                                                        for k, v in named.items()}
+             for verify, named in times.items()}
+  verified, unverified = medians['verified'], medians['unverified']
+  return dict(medians, state_mib=sum(np.asarray(x).nbytes for x in jax.tree.leaves(tree)) / 2**20,
+              repeats=repeats,
+              ratios={name: verified[name] / unverified[name] for name in verified})
+
+
 def loop_config(config, steps_per_sec, repeats, seconds):
   """The config, run for whole log intervals that fill the budget, without evaluation.
 
@@ -640,6 +678,8 @@ def run(config, *, repeats=5, seconds=12.0, ll_num_samples=5000, ll_num_images=2
   ll = results['log_likelihood']
   ll['fraction_of_peak'] = (ll['images_per_sec'] * ll_num_samples * decoder
                             / (results['matmul']['peak_gflops'] * 1e9))
+
+  results['checkpoint'] = bench_checkpoint(train.init_state(exp), repeats)
 
   if compare_seeds > 1:
     results['seeds'] = bench_seeds(config, compare_seeds, repeats, seconds)
@@ -771,6 +811,15 @@ def summary_lines(results):
       f"peak memory (maxrss) {results['memory']['peak_maxrss_mib']:,.0f} MiB; load average "
       f"{results['machine']['loadavg_start'][0]:.2f} -> {results['machine']['loadavg_end'][0]:.2f}",
   ]
+  ck = results['checkpoint']
+  lines.append(
+      f"checkpoint of {ck['state_mib']:.1f} MiB with / without checksums: save "
+      f"{ck['verified']['save_committed_s'] * 1e3:.0f} / "
+      f"{ck['unverified']['save_committed_s'] * 1e3:.0f} ms "
+      f"(x{ck['ratios']['save_committed_s']:.2f}; the loop waits "
+      f"{ck['verified']['save_call_s'] * 1e3:.0f} / {ck['unverified']['save_call_s'] * 1e3:.0f} "
+      f"ms), restore {ck['verified']['restore_s'] * 1e3:.0f} / "
+      f"{ck['unverified']['restore_s'] * 1e3:.0f} ms (x{ck['ratios']['restore_s']:.2f})")
   if 'seeds' in results:
     s = results['seeds']
     lines.append(

@@ -55,6 +55,13 @@ def test_benchmark_writes_every_field(tmp_path):
                'elbo_eval_s', 'log_likelihood_s', 'bare_step_s'):
     assert positive_finite(results['compile_s'][name]), name
 
+  ck = results['checkpoint']
+  for kind in ('verified', 'unverified'):
+    for name in ('save_call_s', 'save_committed_s', 'restore_s'):
+      assert positive_finite(ck[kind][name]), (kind, name)
+      assert positive_finite(ck['ratios'][name]), name
+  assert positive_finite(ck['state_mib'])
+
   ll = results['log_likelihood']
   assert ll['num_samples'] == 20 and ll['num_images'] > 0
   for name in ('images_per_sec', 'minutes_for_10000_images', 'fraction_of_peak', 'cores_used'):

@@ -368,3 +368,106 @@ def test_no_pickle(tmp_path):
       # Pickle protocols 2-5 start with the PROTO opcode.
       is_pickle = len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
       assert not is_pickle, name
+
+
+# What a step holds is checked against what it says it is, after reading it.
+
+def _weights(seed):
+  """A state with one array large enough to live in its own compressed data file."""
+  w = np.random.RandomState(seed).randn(256, 256).astype(np.float32)
+  return {'w': jnp.asarray(w), 'step': jnp.int32(seed)}
+
+
+def _flip_a_bit_in_the_middle_of_the_largest_array_file(step_dir):
+  data_dir = os.path.join(step_dir, 'state', 'ocdbt.process_0', 'd')
+  path = max((os.path.join(data_dir, name) for name in os.listdir(data_dir)),
+             key=os.path.getsize)
+  with open(path, 'r+b') as f:
+    f.seek(os.path.getsize(path) // 2)
+    byte = f.read(1)[0]
+    f.seek(-1, os.SEEK_CUR)
+    f.write(bytes([byte ^ 0x10]))
+
+
+def test_flipped_bytes_are_a_corrupt_step_set_aside_for_the_previous(tmp_path, caplog):
+  with Checkpointer(str(tmp_path), async_save=False) as ckpt:
+    ckpt.save(1, _weights(1))
+    ckpt.save(2, _weights(2))
+  _flip_a_bit_in_the_middle_of_the_largest_array_file(tmp_path / '2')
+  target = _abstract(_weights(0))
+  # What restore did before the checksums: other numbers, no complaint.
+  with Checkpointer(str(tmp_path), verify=False) as ckpt:
+    _, silently_wrong, _ = ckpt.restore(target, 2)
+  assert not np.array_equal(np.asarray(silently_wrong['w']), np.asarray(_weights(2)['w']))
+  with Checkpointer(str(tmp_path)) as ckpt:
+    with pytest.raises(ckpt_lib.CorruptCheckpointError,
+                       match=r'Step 2 in \S+/2 is corrupt: the bytes of w differ'):
+      ckpt.restore(target, 2)
+    with caplog.at_level(logging.WARNING):
+      step, restored, _ = ckpt.restore_latest_valid(target)
+  assert step == 1
+  _assert_identical(restored, _weights(1))
+  assert any('Checkpoint step 2 is unreadable, moved to' in r.getMessage() and
+             'the bytes of w differ' in r.getMessage() for r in caplog.records)
+  assert [name.split('_')[0] for name in os.listdir(tmp_path / 'corrupted')] == ['2']
+
+
+@pytest.mark.parametrize('how', ['copy', 'link'])
+def test_step_directory_holding_another_step_is_refused(tmp_path, how):
+  _save_steps(str(tmp_path), [150])
+  if how == 'copy':
+    shutil.copytree(tmp_path / '150', tmp_path / '300')
+  else:
+    os.symlink('150', tmp_path / '300')  # A sibling: inside the directory.
+  with Checkpointer(str(tmp_path)) as ckpt:
+    assert ckpt.all_steps() == [150, 300]
+    for restore in (lambda: ckpt.restore(_abstract(_state())),
+                    lambda: ckpt.restore_latest_valid(_abstract(_state()))):
+      with pytest.raises(CheckpointError, match=r'/300 holds step 150, not 300'):
+        restore()
+  assert sorted(os.listdir(tmp_path)) == ['150', '300']  # Refused, not set aside.
+
+
+def _identity(seed=0, beta=1.0, allow_change=False):
+  from vae_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from vae_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  c = config_lib.default_config()
+  c.seed, c.objective.beta, c.resume.allow_config_change = seed, beta, allow_change
+  return workdir_lib.run_identity(c, hint='Move that step out.')
+
+
+def test_step_of_another_run_is_refused_naming_both(tmp_path, caplog):
+  other = _identity(seed=1, beta=2.0)
+  with Checkpointer(str(tmp_path), async_save=False, identity=other) as ckpt:
+    ckpt.save(5, _state())
+  this = _identity()
+  with Checkpointer(str(tmp_path), identity=this) as ckpt:
+    with pytest.raises(CheckpointError) as info:
+      ckpt.restore(_abstract(_state()))
+  message = str(info.value)
+  assert f'run {other.digest} (checkpoint) vs {this.digest} (this run)' in message
+  assert 'objective.beta: 2.0 -> 1.0' in message and 'seed: 1 -> 0' in message
+  assert message.endswith('Move that step out.')
+  # The same run restores silently; an intended change restores with a warning.
+  with Checkpointer(str(tmp_path), identity=_identity(seed=1, beta=2.0)) as ckpt:
+    ckpt.restore(_abstract(_state()))
+  with Checkpointer(str(tmp_path), identity=_identity(allow_change=True)) as ckpt:
+    with caplog.at_level(logging.WARNING):
+      ckpt.restore(_abstract(_state()))
+  assert any('was saved by another config' in r.getMessage() and
+             'seed: 1 -> 0' in r.getMessage() for r in caplog.records)
+
+
+def test_step_saved_without_identity_or_checksums_restores_with_a_warning(tmp_path, caplog,
+                                                                           monkeypatch):
+  # As older versions saved: the caller's metadata only.
+  monkeypatch.setattr(ckpt_lib, 'checksums', lambda tree: None)
+  with Checkpointer(str(tmp_path), async_save=False, verify=False) as ckpt:
+    ckpt.save(5, _state(), metadata={'step': 5})
+  monkeypatch.undo()
+  with Checkpointer(str(tmp_path), identity=_identity()) as ckpt:
+    with caplog.at_level(logging.WARNING):
+      step, restored, meta = ckpt.restore(_abstract(_state()))
+  assert step == 5 and meta == {'step': 5}
+  _assert_identical(restored, _state())
+  assert any('records no run identity' in r.getMessage() for r in caplog.records)

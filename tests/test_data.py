@@ -2,6 +2,7 @@
 binarisation and dequantisation."""
 
 import json
+import os
 import pathlib
 
 import jax
@@ -156,6 +157,56 @@ def test_tfrecord_only_dataset_says_how_to_convert(fresh_cache, tmp_path):
   with pytest.raises(data.DatasetError, match='tfrecord only') as info:
     data.load(data_config('mnist', 'dynamic', tmp_path))
   assert f'tfds convert_format --dataset_dir={tmp_path / "mnist"}' in str(info.value)
+
+
+def _prepare_small_binarized_mnist(data_dir):
+  """A real binarized_mnist in ArrayRecord (30/10/10 random images), prepared by TFDS's own
+  builder here: its generator swapped for one that needs no download, and PNG
+  encoding done by PIL instead of TensorFlow (not a dependency)."""
+  import io  # pylint: disable=g-import-not-at-top
+  from unittest import mock  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  class Small(tfds.builder_cls('binarized_mnist'), skip_registration=True):
+    name = 'binarized_mnist'
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {split: self._generate_examples(n)
+              for split, n in (('train', 30), ('validation', 10), ('test', 10))}
+
+    def _generate_examples(self, n):  # pylint: disable=arguments-renamed
+      rng = np.random.RandomState(n)
+      for i in range(n):
+        yield i, {'image': (rng.rand(28, 28, 1) > 0.5).astype(np.uint8)}
+
+  def png(self, image):
+    del self
+    buffer = io.BytesIO()
+    Image.fromarray(image[..., 0]).save(buffer, format='PNG')
+    return buffer.getvalue()
+
+  with mock.patch.object(tfds.features.Image, 'encode_example', png):
+    Small(data_dir=str(data_dir), file_format='array_record').download_and_prepare()
+  return data_dir / 'binarized_mnist' / '1.0.0'
+
+
+@pytest.mark.parametrize('keep', [0.3, 0.9])
+def test_truncated_shard_is_named_with_the_command_that_rebuilds(fresh_cache, tmp_path, keep):
+  version_dir = _prepare_small_binarized_mnist(tmp_path)
+  config = data_config('binarized_mnist', 'static', tmp_path, eval_split='test')
+  assert data.load(config).eval.shape == (10, 28, 28, 1)  # Whole, it reads.
+  data.clear_cache()
+  shard = version_dir / 'binarized_mnist-test.array_record-00000-of-00001'
+  os.truncate(shard, int(os.path.getsize(shard) * keep))
+  with pytest.raises(data.DatasetError) as info:
+    data.load(config)
+  message = str(info.value)
+  assert message.startswith(f"dataset 'binarized_mnist': {shard} cannot be read back "
+                            '(truncated or damaged: RuntimeError: ')
+  assert f'delete {version_dir}, then run' in message
+  assert f'tfds build binarized_mnist --data_dir={tmp_path} --file_format=array_record' in message
+  assert len(message.splitlines()) == 4
 
 
 def test_empty_data_dir_means_tfds_data_dir(monkeypatch, tmp_path):

@@ -31,6 +31,9 @@ files already cover is not repeated here:
       test_checkpoint.py::test_symlink_out_of_directory_is_refused.
   13  Same seed same numbers, another seed differs:
       test_train.py::test_same_seed_same_params_other_seed_differs.
+  16  Checkpointer level: test_checkpoint.py::test_step_of_another_run_is_refused_naming_both,
+      ::test_step_directory_holding_another_step_is_refused,
+      ::test_flipped_bytes_are_a_corrupt_step_set_aside_for_the_previous.
 
 chmod does not stop root, so a read-only or a full file system is made for real
 in new user and mount namespaces (`unshare --user --map-root-user --mount`: a
@@ -64,6 +67,8 @@ from vae_jax import checkpoint
 from vae_jax import config as config_lib
 from vae_jax import data
 from vae_jax import evaluate
+from vae_jax import evaluate_workdir
+from vae_jax import generate
 from vae_jax import logging as vlog
 from vae_jax import models
 from vae_jax import objectives
@@ -689,3 +694,118 @@ def test_15_unprepared_dataset_is_one_clear_error_naming_dataset_directory_and_c
   assert 'Traceback' not in err and len(err.strip().splitlines()) <= 12, err
   if not download:
     assert list(data_dir.iterdir()) == []  # Looking creates nothing.
+
+
+# 16. A checkpoint is used only by the run that saved it, and only as the step it holds.
+
+@pytest.fixture(scope='module')
+def other_run(tmp_path_factory):
+  """A tiny run of the same shapes as finished_run's, with another beta and seed, 60 steps."""
+  workdir = tmp_path_factory.mktemp('other')
+  config = tiny_config(objective__beta=2.0, train__num_steps=60)
+  config.seed = 1
+  train.train_and_evaluate(config, str(workdir))
+  return workdir
+
+
+def test_16_a_step_of_another_run_is_refused_by_resume_and_by_the_tools(
+    finished_run, other_run, tmp_path):
+  workdir = copy_of(finished_run, tmp_path)
+  shutil.copytree(other_run / 'checkpoints' / '60', workdir / 'checkpoints' / '60')
+  expected = (r'(?s)Checkpoint step 60 in \S+/60 was saved by another run: run \w{12} '
+              r'\(checkpoint\) vs \w{12} \(this run\).*objective.beta: 2.0 -> 1.0.*seed: 1 -> 0')
+  with pytest.raises(checkpoint.CheckpointError, match=expected + '.*allow_config_change'):
+    train.train_and_evaluate(tiny_config(train__num_steps=80), str(workdir))
+  with pytest.raises(checkpoint.CheckpointError, match=expected + '.*config.json is not'):
+    generate.load_trained(str(workdir))
+  assert committed_steps(workdir) == [20, 40, 60]  # Refused, nothing moved or written.
+  # Its own steps still serve the tools.
+  assert generate.load_trained(str(workdir), step=40)[2] == 40
+
+
+def test_16_a_step_directory_holding_another_step_is_refused(finished_run, tmp_path):
+  workdir = copy_of(finished_run, tmp_path)
+  os.symlink('20', workdir / 'checkpoints' / '300')
+  with pytest.raises(checkpoint.CheckpointError, match=r'/300 holds step 20, not 300'):
+    evaluate_workdir.evaluate_workdir(str(workdir), 'test', num_samples=2, progress=False)
+  with pytest.raises(checkpoint.CheckpointError, match=r'/300 holds step 20, not 300'):
+    train.train_and_evaluate(tiny_config(train__num_steps=320), str(workdir))
+
+
+def test_16_flipped_bytes_in_the_newest_step_the_tools_skip_it_naming_step(
+    finished_run, tmp_path, caplog):
+  workdir = copy_of(finished_run, tmp_path)
+  path = _largest_data_file(workdir / 'checkpoints' / '40')
+  with open(path, 'r+b') as f:
+    f.seek(os.path.getsize(path) // 2)
+    byte = f.read(1)[0]
+    f.seek(-1, os.SEEK_CUR)
+    f.write(bytes([byte ^ 0x10]))
+  with caplog.at_level(logging.WARNING):
+    _, params, step = generate.load_trained(str(workdir))
+  assert step == 20
+  assert any('Step 40' in r.getMessage() and 'is corrupt' in r.getMessage() and
+             'using step 20, the newest readable one (--step' in r.getMessage()
+             for r in caplog.records)
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=r'Step 40 .* is corrupt.*newest readable step is 20: pass --step=20'):
+    generate.load_trained(str(workdir), step=40)
+  assert committed_steps(workdir) == [20, 40]  # A tool that reads sets nothing aside.
+  # Training sets it aside and redoes it from step 20 (as for any unreadable step).
+  train.train_and_evaluate(tiny_config(), str(workdir))
+  assert committed_steps(workdir) == [20, 40]
+  assert [n.split('_')[0] for n in os.listdir(workdir / 'checkpoints' / 'corrupted')] == ['40']
+
+
+# 17. One writer per workdir.
+
+def test_17_a_second_run_on_a_workdir_is_refused_naming_the_holder(tmp_path):
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  holder = subprocess.Popen(
+      [sys.executable, '-c', 'import sys, time; from vae_jax import workdir as w\n'
+       'with w.hold_lock(sys.argv[1]):\n  print("held", flush=True); time.sleep(120)',
+       str(workdir)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == 'held'
+    with pytest.raises(workdir_lib.WorkdirError,
+                       match=rf'{workdir} is in use by another run \(pid {holder.pid} on host '
+                             rf'{re.escape(os.uname().nodename)} since .*run.lock'):
+      train.train_and_evaluate(tiny_config(), str(workdir))
+    assert sorted(os.listdir(workdir)) == ['run.lock']  # Nothing written, nothing read.
+  finally:
+    holder.kill()
+    holder.wait()
+  # A lock left by a killed run blocks nothing: its file is only a record.
+  train.train_and_evaluate(tiny_config(train__num_steps=20), str(workdir))
+  assert (workdir / 'run.lock').read_text().startswith(f'pid {os.getpid()} on host ')
+
+
+def test_17_the_processes_of_one_run_are_one_writer(tmp_path):
+  with workdir_lib.hold_lock(str(tmp_path)):
+    # Another process of the same run does not take the lock...
+    with workdir_lib.hold_lock(str(tmp_path), main_process=False, agree=lambda ok: ok):
+      pass
+    # ...and stops with the others when the main process could not take it.
+    with pytest.raises(workdir_lib.WorkdirError, match='the main process of this one found'):
+      with workdir_lib.hold_lock(str(tmp_path), main_process=False, agree=lambda ok: False):
+        pass
+
+
+# 18. A run that failed before its first checkpoint does not bind the workdir to its config.
+
+def test_18_a_workdir_without_a_checkpoint_takes_the_corrected_config(tmp_path, monkeypatch):
+  workdir = tmp_path / 'run'
+
+  def out_of_memory(self):
+    raise workdir_lib.WorkdirError('RESOURCE_EXHAUSTED: out of memory while building')
+  monkeypatch.setattr(train.Trainer, 'initial_state', out_of_memory)
+  with pytest.raises(workdir_lib.WorkdirError, match='RESOURCE_EXHAUSTED'):
+    train.train_and_evaluate(tiny_config(model__latent_dim=8), str(workdir))
+  assert json.loads((workdir / 'config.json').read_text())['model']['latent_dim'] == 8
+  monkeypatch.undo()
+  train.train_and_evaluate(tiny_config(train__num_steps=20), str(workdir))
+  assert json.loads((workdir / 'config.json').read_text())['model']['latent_dim'] == 4
+  # Once a step is committed, the workdir is bound to its config again.
+  with pytest.raises(workdir_lib.WorkdirError, match=r'model.latent_dim: 4 -> 8'):
+    train.train_and_evaluate(tiny_config(model__latent_dim=8), str(workdir))

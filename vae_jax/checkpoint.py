@@ -1,27 +1,31 @@
 """Checkpoints: the one place that talks to orbax.
 
 A step directory holds two orbax items: `state` (the train-state pytree, via
-`StandardSave`: TensorStore/OCDBT, no pickle) and `metadata` (small JSON: config
-hash, versions). Orbax gives atomic commits (written to
-`<step>.orbax-checkpoint-tmp`, renamed when complete), async saves and
-multi-host coordination. On top we add a keep policy ordered by step number,
-shape checks before any array is read, and a resume that moves unreadable steps
-to `<directory>/corrupted/` instead of crashing or deleting them.
+`StandardSave`: TensorStore/OCDBT, no pickle) and `metadata` (small JSON: the
+step, a SHA-256 of every array, and what identifies the run that saved it).
+Orbax gives atomic commits (written to `<step>.orbax-checkpoint-tmp`, renamed
+when complete), async saves and multi-host coordination. On top we add a keep
+policy ordered by step number, shape checks before any array is read, checks
+after it (the step saved is the directory's, the arrays hash as they did when
+saved, the run is this one), and a resume that moves unreadable steps to
+`<directory>/corrupted/` instead of crashing or deleting them.
 
 Every process calls every method, as orbax expects; nothing is done by process
 0 alone. Setting a step aside is a rename that tolerates another process having
 done it first, so all processes must see the same corruption.
 
-  ckpt = Checkpointer(workdir + '/checkpoints', max_to_keep=3)
+  ckpt = Checkpointer(workdir + '/checkpoints', max_to_keep=3, identity=identity)
   resumed = ckpt.restore_latest_valid(abstract_state)  # None on a fresh run.
-  ckpt.save(step, state, metadata={'config_hash': h})
+  ckpt.save(step, state)
   ckpt.close()
 """
 
+import dataclasses
 import datetime
+import hashlib
 import json
 import os
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
 from etils import epath
@@ -32,6 +36,7 @@ import orbax.checkpoint as ocp
 _STATE = 'state'
 _METADATA = 'metadata'
 _CORRUPTED = 'corrupted'
+_OWN = 'checkpoint'  # The metadata key of what this module records; the rest is the caller's.
 
 
 class CheckpointError(Exception):
@@ -40,6 +45,33 @@ class CheckpointError(Exception):
 
 class CorruptCheckpointError(CheckpointError):
   """A step exists on disk but its files cannot be read back."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunIdentity:
+  """What every saved step records of the run that saved it, and how restore compares.
+
+  Attributes:
+    record: JSON-serialisable (the run's resolved config), saved under 'run'.
+    differences: the fields in which a saved record differs from this run, each
+      as 'field: checkpoint's -> this run's'; empty when the step is this run's.
+    allow_change: warn about differences instead of refusing the step.
+    hint: what the user can do about a refused step (ends the error message).
+  """
+  record: dict
+  differences: Callable[[dict], list]
+  allow_change: bool = False
+  hint: str = ''
+
+  @property
+  def digest(self) -> str:
+    return record_digest(self.record)
+
+
+def record_digest(record) -> str:
+  """A short name for a run record: 12 hex digits of the SHA-256 of its JSON."""
+  text = json.dumps(record, sort_keys=True, default=list)
+  return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 class _KeepNewestSteps(ocp.checkpoint_managers.PreservationPolicy):
@@ -61,14 +93,42 @@ def _key_name(key) -> str:
   return str(key)
 
 
+def _path_name(path) -> str:
+  return '/'.join(_key_name(k) for k in path)
+
+
 def _leaf_specs(tree) -> dict[str, str]:
   """Maps 'a/b/0/c' leaf paths to '(shape) dtype' for arrays or metadata."""
   leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
   return {
-      '/'.join(_key_name(k) for k in path):
-          f'{tuple(getattr(leaf, "shape", ()))} {np.dtype(leaf.dtype).name}'
+      _path_name(path): f'{tuple(getattr(leaf, "shape", ()))} {np.dtype(leaf.dtype).name}'
       for path, leaf in leaves
   }
+
+
+def _host_value(leaf) -> np.ndarray | None:
+  """The whole value of a leaf on this host; None for an array sharded across hosts."""
+  if isinstance(leaf, jax.Array):
+    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+      leaf = jax.random.key_data(leaf)
+    if leaf.is_fully_replicated:
+      leaf = leaf.addressable_data(0)
+    elif not leaf.is_fully_addressable:
+      return None
+  return np.ascontiguousarray(np.asarray(leaf))
+
+
+def checksums(tree) -> dict[str, str]:
+  """{'a/b/0/c': SHA-256 of the leaf's bytes} for every leaf this host holds whole.
+
+  Shape and dtype are checked apart (before reading), so the bytes alone are hashed.
+  """
+  sums = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    value = _host_value(leaf)
+    if value is not None:
+      sums[_path_name(path)] = hashlib.sha256(value.reshape(-1).view(np.uint8)).hexdigest()
+  return sums
 
 
 def _mismatches(saved: dict[str, str], wanted: dict[str, str]) -> list[str]:
@@ -103,15 +163,21 @@ class Checkpointer:
   """Saves and restores the train state of one run in one directory."""
 
   def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 3,
-               async_save: bool = True):
+               async_save: bool = True, identity: RunIdentity | None = None,
+               verify: bool = True):
     """Opens (creating) `directory`, made absolute as orbax requires.
 
     Leftovers of unfinished saves are removed in the background, before the
-    first save. Raises CheckpointError if a step directory is a symlink leading
-    outside `directory`, and ValueError if `max_to_keep` < 1.
+    first save. With an `identity`, every step saved records it and every step
+    restored is compared with it. `verify=False` neither writes nor checks the
+    arrays' checksums (the benchmark's baseline). Raises CheckpointError if a
+    step directory is a symlink leading outside `directory`, and ValueError if
+    `max_to_keep` < 1.
     """
     if max_to_keep < 1:
       raise ValueError(f'max_to_keep must be >= 1, got {max_to_keep}.')
+    self._identity = identity
+    self._verify = verify
     if _is_local(epath.Path(directory)):
       directory = os.path.abspath(directory)
     self._dir = epath.Path(directory)
@@ -153,8 +219,10 @@ class Checkpointer:
            force: bool = False) -> bool:
     """Saves `state` and JSON-serialisable `metadata` as `step`.
 
-    A step that exists is never overwritten; a step lower than the latest is
-    saved only with `force` (and the keep policy may drop it at once).
+    The metadata saved also holds the step, the arrays' checksums and the run's
+    identity (under 'step', 'checksums' and 'run'). A step that exists is never
+    overwritten; a step lower than the latest is saved only with `force` (and
+    the keep policy may drop it at once).
 
     Returns:
       Whether a save was started.
@@ -171,6 +239,12 @@ class Checkpointer:
       logging.info('Not saving step %d: %s holds steps up to %d.', step,
                    self._dir, max(steps))
       return False
+    own = {'step': step}
+    if self._verify:
+      own['checksums'] = checksums(state)
+    if self._identity is not None:
+      own['run'] = self._identity.record
+    metadata = {**(metadata or {}), _OWN: own}
     try:
       json.dumps(metadata)
     except TypeError as e:
@@ -208,9 +282,11 @@ class Checkpointer:
       (step, state, metadata or None).
 
     Raises:
-      CheckpointError: the step is absent, a symlink out of the directory, or
-        its tree/shapes/dtypes differ from `target` (checked before reading).
-      CorruptCheckpointError: the step's files cannot be read.
+      CheckpointError: the step is absent, a symlink out of the directory, its
+        tree/shapes/dtypes differ from `target` (checked before reading), it
+        holds another step than its directory's name, or another run's state.
+      CorruptCheckpointError: the step's files cannot be read, or an array's
+        bytes differ from those saved.
     """
     steps = self.all_steps()
     step = steps[-1] if step is None and steps else step
@@ -229,7 +305,14 @@ class Checkpointer:
       raise CorruptCheckpointError(
           f'Cannot read step {step} in {self._step_dir(step)}: '
           f'{_brief(e)}') from e
-    return step, restored[_STATE], restored[_METADATA]
+    state, metadata = restored[_STATE], restored[_METADATA]
+    metadata = metadata if isinstance(metadata, dict) else {}
+    own = metadata.get(_OWN) if isinstance(metadata.get(_OWN), dict) else {}
+    # Steps saved before this module kept its own record had the trainer's {'step': n}.
+    self._check_saved_step(step, own.get('step', metadata.get('step')))
+    self._check_checksums(step, state, own.get('checksums'))
+    self._check_run(step, own.get('run'))
+    return step, state, {k: v for k, v in metadata.items() if k != _OWN} or None
 
   def restore_latest_valid(self, target: Any
                            ) -> tuple[int, Any, dict | None] | None:
@@ -308,6 +391,45 @@ class Checkpointer:
       raise CheckpointError(
           f'Checkpoint step {step} in {self._dir} does not match the model:\n'
           + '\n'.join(lines))
+
+  def _check_saved_step(self, step: int, saved) -> None:
+    if saved is not None and saved != step:
+      raise CheckpointError(
+          f'Checkpoint directory {self._step_dir(step)} holds step {saved}, not {step} '
+          '(a copy or a link of another step?); move it out of '
+          f'{self._dir} or give it its own step number.')
+
+  def _check_checksums(self, step: int, state, saved) -> None:
+    if not self._verify or not isinstance(saved, dict):  # Saved before checksums were.
+      return
+    bad = sorted(name for name, digest in checksums(state).items()
+                 if saved.get(name, digest) != digest)
+    if bad:
+      shown = ', '.join(bad[:3]) + (f' and {len(bad) - 3} more' if len(bad) > 3 else '')
+      raise CorruptCheckpointError(
+          f'Step {step} in {self._step_dir(step)} is corrupt: the bytes of {shown} '
+          'differ from those saved (their SHA-256 does not match the metadata).')
+
+  def _check_run(self, step: int, saved) -> None:
+    if self._identity is None:
+      return
+    if not isinstance(saved, dict):
+      logging.warning('Checkpoint step %d in %s records no run identity (saved by an '
+                      'older vae_jax); taking it as this run\'s.', step, self._dir)
+      return
+    diffs = self._identity.differences(saved)
+    if not diffs:
+      return
+    listed = '\n  '.join(diffs)
+    who = (f'run {record_digest(saved)} (checkpoint) vs {self._identity.digest} '
+           f'(this run); checkpoint -> this run:\n  {listed}')
+    if self._identity.allow_change:
+      logging.warning('Checkpoint step %d in %s was saved by another config: %s',
+                      step, self._dir, who)
+      return
+    raise CheckpointError(
+        f'Checkpoint step {step} in {self._step_dir(step)} was saved by another run: '
+        f'{who}\n{self._identity.hint}'.rstrip())
 
   def set_aside(self, step: int) -> epath.Path:
     """Moves a step under corrupted/ so that it is neither listed nor lost."""

@@ -232,7 +232,10 @@ def _tfds_split(name: str, data_dir: str, split: str, binarization: str) -> tupl
     raise _unreadable(builder, name, data_dir, split, e) from e
   if len(source) == 0:
     raise DatasetError(f'dataset {name!r}: split {split!r} in {data_dir} has no examples')
-  images, labels = _read_split(source, with_labels=name in NUM_CLASSES)
+  try:
+    images, labels = _read_split(source, with_labels=name in NUM_CLASSES)
+  except Exception as e:  # pylint: disable=broad-except  # Truncated or damaged files.
+    raise _damaged(builder, name, data_dir, split, e) from e
   if labels is not None:
     # The table is what config validation trusts; data it does not describe is refused.
     bad = (labels < 0) | (labels >= NUM_CLASSES[name])
@@ -259,6 +262,37 @@ def _unreadable(builder, name, data_dir, split, error) -> DatasetError:
         '  pip install tensorflow importlib_resources && tfds convert_format '
         f'--dataset_dir={os.path.join(data_dir, name)} --out_file_format=array_record')
   return DatasetError(f'{where}: cannot read split {split!r}: {_one_line(error)}')
+
+
+def _damaged(builder, name, data_dir, split, error) -> DatasetError:
+  """Names the shard of `split` that cannot be read back (each is tried alone) and
+  says how to rebuild the dataset."""
+  try:
+    shards = [str(path) for path in builder.info.splits[split].filepaths]
+  except Exception:  # pylint: disable=broad-except  # Then the error alone must do.
+    shards = []
+  bad = [path for path in shards if not _shard_reads(path)]
+  what = (', '.join(bad) if bad else
+          f'a shard of split {split!r} in {builder.data_path}')
+  return DatasetError(
+      f'dataset {name!r}: {what} cannot be read back (truncated or damaged: '
+      f'{_one_line(error)}).\nRebuild the dataset: delete {builder.data_path}, then run\n'
+      f'  {_prepare_command(name, data_dir)}\n'
+      '(or, with internet, rerun with --config.data.download=True).')
+
+
+def _shard_reads(path: str) -> bool:
+  """Whether every record of one ArrayRecord shard reads back."""
+  try:
+    from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
+    reader = array_record_module.ArrayRecordReader(path)
+    try:
+      reader.read_all()
+    finally:
+      reader.close()
+    return True
+  except Exception:  # pylint: disable=broad-except
+    return False
 
 
 def _read_split(source, with_labels: bool) -> tuple:

@@ -79,12 +79,53 @@ def load_trained(workdir, step=None):
     raise workdir_lib.WorkdirError(f'{workdir} has no checkpoints/ directory')
   exp = train.build_experiment(config)
   target = train.init_state(exp).to_dict()
-  ckpt = checkpoint.Checkpointer(checkpoints, async_save=False)
+  identity = workdir_lib.run_identity(config, hint=(
+      f'{os.path.join(workdir, workdir_lib.CONFIG_FILE)} is not the config it was trained '
+      'with: evaluate it in the workdir it came from.'))
+  ckpt = checkpoint.Checkpointer(checkpoints, async_save=False, identity=identity)
   try:
-    restored_step, state, _ = ckpt.restore(target, step=step)
+    restored_step, state, _ = _restore_for_reading(ckpt, target, step)
   finally:
     ckpt.close()
   return exp, train.eval_params(train.TrainState(**state)), restored_step
+
+
+def _restore_for_reading(ckpt, target, step):
+  """ckpt.restore for a tool that only reads: an unreadable step is never set aside.
+
+  Without --step, an unreadable newest step is skipped with a warning for the
+  newest readable one; with --step, the error names the newest readable step.
+  """
+  if step is not None:
+    try:
+      return ckpt.restore(target, step)
+    except checkpoint.CorruptCheckpointError as e:
+      readable = _newest_readable(ckpt, target, [s for s in ckpt.all_steps() if s != step])
+      hint = (f'the newest readable step is {readable[0]}: pass --step={readable[0]}'
+              if readable else 'no other step is readable')
+      raise checkpoint.CheckpointError(f'{e} ({hint}).') from e
+  steps = ckpt.all_steps()
+  if not steps:
+    raise checkpoint.CheckpointError(f'No checkpoint in {ckpt.directory}.')
+  try:
+    return ckpt.restore(target, steps[-1])
+  except checkpoint.CorruptCheckpointError as e:
+    readable = _newest_readable(ckpt, target, steps[:-1])
+    if readable is None:
+      raise checkpoint.CheckpointError(f'{e} (and no older step is readable).') from e
+    logging.warning('%s; using step %d, the newest readable one (--step chooses another).',
+                    e, readable[0])
+    return readable
+
+
+def _newest_readable(ckpt, target, steps):
+  """ckpt.restore of the newest of `steps` that reads back, or None."""
+  for step in reversed(sorted(steps)):
+    try:
+      return ckpt.restore(target, step)
+    except checkpoint.CorruptCheckpointError:
+      continue
+  return None
 
 
 def _save(out_dir, name, images, columns=None):

@@ -395,10 +395,15 @@ class Trainer:
   def _replica(self, seed):
     c = self.config
     workdir = self.workdir
+    single = c
     if self.multi:
       workdir = workdir_lib.prepare(replica_workdir(self.workdir, seed))
-      workdir_lib.check_resume(workdir, replica_config(c, seed))
-    ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'),
+      single = replica_config(c, seed)
+      workdir_lib.check_resume(workdir, single)
+    identity = workdir_lib.run_identity(single, hint=(
+        'Move that step out of checkpoints/ (or train in another --workdir); if the change '
+        'is intended, pass --config.resume.allow_config_change=True.'))
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), identity=identity,
                                    max_to_keep=c.train.max_checkpoints_to_keep)
     writer = vlog.MetricWriter(workdir, enabled=self.main, tensorboard=c.logging.tensorboard)
     dequantize = self.exp.model.likelihood.dequantize
@@ -467,7 +472,7 @@ class Trainer:
   def save(self, state, step, force=False):
     for r, s in self.replica_states(state):
       if step != r.last_saved_step:
-        r.ckpt.save(step, s.to_dict(), metadata={'step': step}, force=force)
+        r.ckpt.save(step, s.to_dict(), force=force)
         r.last_saved_step = step
 
   def wait_for_saves(self):
@@ -592,16 +597,18 @@ def train_and_evaluate(config, workdir) -> dict:
   """
   config_lib.validate(config)
   workdir = workdir_lib.prepare(workdir)
-  workdir_lib.check_resume(workdir, config)
-  trainer = Trainer(config, workdir)
-  trainer.write_configs()
-  try:
-    state = _train_loop(trainer)
-    if state is None:  # Preempted: checkpoint saved, nothing else to do.
-      return {}
-    return _final_evaluation(trainer, state)
-  finally:
-    trainer.close()
+  with workdir_lib.hold_lock(workdir, sharding.is_main_process(),
+                             agree=lambda ok: not sharding.any_process(not ok)):
+    workdir_lib.check_resume(workdir, config)
+    trainer = Trainer(config, workdir)
+    trainer.write_configs()
+    try:
+      state = _train_loop(trainer)
+      if state is None:  # Preempted: checkpoint saved, nothing else to do.
+        return {}
+      return _final_evaluation(trainer, state)
+    finally:
+      trainer.close()
 
 
 def _train_loop(trainer: Trainer):

@@ -4,17 +4,23 @@ A workdir is everything one run leaves behind. A saved config is read back as
 JSON data, never executed, and a resumed run must agree with it.
 """
 
+import contextlib
+import datetime
+import fcntl
 import importlib.metadata
 import json
 import os
+import socket
 import tempfile
 import warnings
 
 import ml_collections
 
+from vae_jax import checkpoint
 from vae_jax import config as config_lib
 
 CONFIG_FILE = 'config.json'
+LOCK_FILE = 'run.lock'
 VERSIONS_FILE = 'versions.json'
 PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'numpy', 'tensorflow-datasets')
 
@@ -125,14 +131,38 @@ def _tuples(tree):
   return tree
 
 
+def run_identity(config, hint='') -> checkpoint.RunIdentity:
+  """What a checkpoint of the run `config` describes records, and compares on restore:
+  its resolved config, told apart from another's by the fields that matter
+  (those config_lib.differing_fields compares), the seed among them."""
+  record = json.loads(json.dumps(config.to_dict(), default=list))
+
+  def differences(saved):
+    return config_lib.differing_fields(_with_defaults(saved), record)
+  return checkpoint.RunIdentity(record, differences,
+                                bool(config.resume.allow_config_change), hint)
+
+
+def has_committed_step(workdir) -> bool:
+  """Whether a checkpoint was ever committed in `workdir` (or its seed_* replicas)."""
+  candidates = [os.path.join(workdir, 'checkpoints')]
+  if os.path.isdir(workdir):
+    candidates += [os.path.join(workdir, name, 'checkpoints') for name in os.listdir(workdir)
+                   if name.startswith('seed_')]
+  return any(name.isdigit() for directory in candidates if os.path.isdir(directory)
+             for name in os.listdir(directory))
+
+
 def check_resume(workdir, config):
   """Refuses to resume under a config that differs in a field that matters.
 
   Returns the differing fields (empty when none); raises WorkdirError listing
-  them unless config.resume.allow_config_change is set.
+  them unless config.resume.allow_config_change is set. A workdir without a
+  committed checkpoint has nothing to resume: its config.json (left by a run
+  that failed before its first save) is replaced, whatever it says.
   """
   path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
+  if not os.path.exists(path) or not has_committed_step(workdir):
     return []
   diffs = config_lib.differing_fields(_with_defaults(_read_saved_config(path)),
                                       config.to_dict())
@@ -143,6 +173,61 @@ def check_resume(workdir, config):
         'Use a new --workdir, or pass --config.resume.allow_config_change=True '
         '(shapes must still match the checkpoint).')
   return diffs
+
+
+@contextlib.contextmanager
+def hold_lock(workdir, main_process=True, agree=None):
+  """Holds `workdir/run.lock` for a run: a second run on the workdir is refused.
+
+  An advisory lock (flock) the kernel drops when the process ends, however it
+  ends: a lock file left by a killed run blocks nothing. The file says who
+  holds it (pid, host, since when), for the message of the run refused. Only
+  the main process of a multi-process run takes it; `agree(ok)` (every
+  process calls it) returns whether the main process got it, so that all of
+  them stop together. Paths that are not local files (gs://) are not locked.
+  """
+  path = os.path.join(workdir, LOCK_FILE)
+  handle, refused = None, ''
+  if main_process and '://' not in workdir:
+    handle, refused = _take_lock(path, workdir)
+  ok = agree(not refused) if agree is not None else not refused
+  if not ok:
+    if handle is not None:
+      handle.close()
+    raise WorkdirError(refused or f'{workdir} is in use by another run: the main process '
+                       f'of this one found {path} held.')
+  try:
+    yield
+  finally:
+    if handle is not None:
+      handle.close()  # Drops the flock; the file stays, naming the last holder.
+
+
+def _take_lock(path, workdir):
+  """(the locked open file, '') or (None, why the run is refused)."""
+  try:
+    handle = open(path, 'a+', encoding='utf-8')  # pylint: disable=consider-using-with
+  except OSError as e:
+    warnings.warn(f'cannot open {path} ({e}); nothing stops a second run on {workdir}.')
+    return None, ''
+  try:
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    handle.seek(0)
+    holder = handle.read().strip() or 'it has not written its pid yet'
+    handle.close()
+    return None, (f'{workdir} is in use by another run ({holder}; lock {path}): wait for '
+                  'it to end or stop it, or use another --workdir.')
+  except OSError as e:  # A filesystem without locks: run, and say nothing guards it.
+    handle.close()
+    warnings.warn(f'cannot lock {path} ({e}); nothing stops a second run on {workdir}.')
+    return None, ''
+  handle.seek(0)
+  handle.truncate()
+  since = datetime.datetime.now().astimezone().isoformat(timespec='seconds')
+  handle.write(f'pid {os.getpid()} on host {socket.gethostname()} since {since}\n')
+  handle.flush()
+  return handle, ''
 
 
 def installed_versions():

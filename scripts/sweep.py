@@ -61,7 +61,8 @@ class Runner:
         self.procs.discard(proc)
     finished = sweep.is_finished(workdir)
     outcome = 'done' if returncode == 0 and finished else (
-        'interrupted' if returncode == 0 else f'failed (exit {returncode}, see {log_path})')
+        # 130: Ctrl-C at the terminal reaches the points too; they save and stop.
+        'interrupted' if returncode in (0, 130) else f'failed (exit {returncode}, see {log_path})')
     with self.lock:
       self.status[name] = {'outcome': outcome, 'seconds': round(time.time() - start, 1),
                            'overrides': overrides}

@@ -53,6 +53,47 @@ def test_sigterm_saves_and_exits_zero_then_resumes(tmp_path):
   assert 'Final held-out ELBO' in resumed.stdout
 
 
+@pytest.mark.slow
+def test_ctrl_c_saves_and_stops(tmp_path):
+  workdir = tmp_path / 'run'
+  proc = subprocess.Popen(train_command(workdir, 10_000_000) + [
+      '--config.train.checkpoint_every_steps=10000000'], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  try:
+    for line in proc.stdout:  # Wait until training is under way.
+      if line.startswith('step '):
+        break
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+  finally:
+    proc.kill()
+  assert proc.returncode == 130, out
+  assert 'Traceback' not in out and 'KeyboardInterrupt' not in out, out
+  assert 'Ctrl-C: saving a checkpoint after this call' in out
+  step = int(out.split('Ctrl-C: saved a checkpoint at step ')[1].split(';')[0])
+  assert [name for name in os.listdir(workdir / 'checkpoints') if name.isdigit()] == [str(step)]
+  assert out.rstrip().endswith(f'interrupted: saved a checkpoint at step {step}; '
+                               'committed checkpoints are kept.')
+  resumed = subprocess.run(train_command(workdir, step + 10), cwd=ROOT, capture_output=True,
+                           text=True, timeout=300)
+  assert resumed.returncode == 0 and f'from step {step}' in resumed.stdout, resumed.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_before_training_is_one_line(tmp_path):
+  proc = subprocess.Popen(train_command(tmp_path / 'run', 10_000_000), cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  try:
+    time.sleep(2)  # Importing, building: before the loop's handler exists.
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+  finally:
+    proc.kill()
+  assert proc.returncode == 130, out
+  assert 'Traceback' not in out, out
+  assert out.rstrip().splitlines()[-1].startswith('interrupted: ')
+
+
 @pytest.fixture(scope='module')
 def trained_run(tmp_path_factory):
   """A finished 20-step run: (workdir, its console output). One checkpoint, step 20."""

@@ -78,6 +78,7 @@ def test_loss_goes_down(baseline):
   records = vlog.read_metrics(workdir, 'train')
   assert [r['step'] for r in records] == [10, 20, 30, 40]
   assert records[-1]['loss'] < records[0]['loss'] - 20  # nats; from ~540 at init.
+  assert {r['learning_rate'] for r in records} == {1e-3}  # Logged every interval.
 
 
 def test_resume_is_bit_identical(baseline, tmp_path):
@@ -194,3 +195,38 @@ def test_read_metrics_keeps_last_record_per_step_and_skips_a_cut_line(tmp_path):
   (tmp_path / vlog.METRICS_FILE).write_text(text)
   assert [(r['step'], r['loss']) for r in vlog.read_metrics(str(tmp_path), 'train')] == [(10, 3.0), (20, 1.5)]
   assert len(vlog.read_metrics(str(tmp_path))) == 3
+
+
+def test_ctrl_c_asks_to_save_and_a_second_one_stops_at_once():
+  import signal  # pylint: disable=g-import-not-at-top
+  before = signal.getsignal(signal.SIGINT)
+  with train._Preemption() as preemption:  # pylint: disable=protected-access
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert preemption.requested and not preemption.interrupted and preemption.name == 'SIGTERM'
+    os.kill(os.getpid(), signal.SIGINT)
+    assert preemption.interrupted and preemption.name == 'Ctrl-C'
+    with pytest.raises(KeyboardInterrupt, match='a second Ctrl-C: stopped without saving'):
+      os.kill(os.getpid(), signal.SIGINT)
+  assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_new_length_under_a_length_shaped_schedule_is_refused_or_stated(tmp_path, capsys):
+  import math  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / 'run')
+  cosine = dict(optimizer__schedule='cosine', optimizer__learning_rate=1e-3)
+  train.train_and_evaluate(tiny_config(train__num_steps=20, **cosine), workdir)
+  logged = {r['step']: r['learning_rate'] for r in vlog.read_metrics(workdir, 'train')}
+  assert logged == pytest.approx({10: 1e-3 * 0.5 * (1 + math.cos(math.pi * 10 / 20)),
+                                  20: 0.0}, abs=1e-9)
+  with pytest.raises(workdir_lib.WorkdirError,
+                     match=r"optimizer.schedule 'cosine' is shaped by the run's length: 20 "
+                           r'steps when it started, 40 now.*allow_config_change'):
+    train.train_and_evaluate(tiny_config(train__num_steps=40, **cosine), workdir)
+  capsys.readouterr()
+  train.train_and_evaluate(
+      tiny_config(train__num_steps=40, resume__allow_config_change=True, **cosine), workdir)
+  assert 'Resuming on a new learning-rate curve' in capsys.readouterr().out
+  logged = {r['step']: r['learning_rate'] for r in vlog.read_metrics(workdir, 'train')}
+  assert logged[30] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 30 / 40)))
+  # A constant rate does not depend on the length: test_resume_is_bit_identical and the
+  # fault-tolerance scenarios resume constant-rate runs under new lengths.

@@ -10,10 +10,23 @@ README's Devices section).
 """
 
 import os
+import signal
 import sys
 import traceback
 
-from absl import app
+
+def _interrupted(signum, frame):
+  """Ctrl-C outside the training loop (imports, data, compilation, final evaluation)."""
+  del signum, frame
+  print('interrupted: Ctrl-C before training started or after it ended; committed '
+        'checkpoints are kept.', file=sys.stderr, flush=True)
+  os._exit(130)  # 128 + SIGINT, as a shell reports it.
+
+
+if __name__ == '__main__':  # Before the imports below: they take seconds.
+  signal.signal(signal.SIGINT, _interrupted)
+
+from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags
 from absl import logging
 import ml_collections
@@ -49,6 +62,12 @@ def main(argv):
     if sharding.initialize_from_flags():
       vlog.info(f'Multi-process run: {sharding.describe()}.')
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except KeyboardInterrupt as e:  # Ctrl-C in the loop: what was committed is kept.
+    print(f'interrupted: {e or "Ctrl-C"}; committed checkpoints are kept.',
+          file=sys.stderr, flush=True)
+    logging.flush()
+    sys.stdout.flush()
+    os._exit(130)  # 128 + SIGINT, as a shell reports it; orbax's threads are not awaited.
   except USER_ERRORS as e:
     message = str(e)
     if not isinstance(_CONFIG.value, ml_collections.ConfigDict):  # Name the file at fault.

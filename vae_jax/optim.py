@@ -28,6 +28,16 @@ def burda_schedule(learning_rate, num_steps, growth=3, num_stages=8):
   return optax.piecewise_constant_schedule(learning_rate, boundaries)
 
 
+# Schedules whose curve depends on the run's length: a new length changes every later rate.
+LENGTH_SHAPED = ('cosine', 'warmup_cosine', 'burda', 'burda_equal')
+
+
+def learning_rate_at(opt_config, num_steps, step) -> float:
+  """The learning rate the optimiser applies at `step` (for the logs)."""
+  schedule = learning_rate_schedule(opt_config, num_steps)
+  return float(schedule(step) if callable(schedule) else schedule)
+
+
 def learning_rate_schedule(opt_config, num_steps):
   """constant, cosine decay to 0, linear warm-up then cosine decay, or Burda's 8
   stages (burda: 3^i epochs each as in the paper; burda_equal: equal shares)."""

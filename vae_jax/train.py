@@ -281,26 +281,39 @@ def make_train_step(exp: Experiment):
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks between calls (save, then exit 0)."""
+  """Turns SIGTERM and Ctrl-C (SIGINT) into a flag the loop checks between calls: it
+  saves, then stops. A second Ctrl-C aborts at once (KeyboardInterrupt), saving nothing."""
 
   def __init__(self):
     self.requested = False
-    self._previous = None
+    self.interrupted = False  # A Ctrl-C among the signals: the run ends in KeyboardInterrupt.
+    self._previous = {}
 
   def __enter__(self):
     try:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      self._previous = {sig: signal.signal(sig, self._handle)
+                        for sig in (signal.SIGTERM, signal.SIGINT)}
     except ValueError:  # Not the main thread (e.g. a test runner thread): no handler.
-      self._previous = None
+      self._previous = {}
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
+    del frame
+    if signum == signal.SIGINT:
+      if self.interrupted:
+        raise KeyboardInterrupt('a second Ctrl-C: stopped without saving')
+      self.interrupted = True
+      vlog.info('Ctrl-C: saving a checkpoint after this call, then stopping '
+                '(Ctrl-C again stops at once, without saving).')
     self.requested = True
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous)
+
+  @property
+  def name(self):
+    return 'Ctrl-C' if self.interrupted else 'SIGTERM'
 
 
 def _mean_metrics(chunks):
@@ -601,6 +614,7 @@ def train_and_evaluate(config, workdir) -> dict:
                              agree=lambda ok: not sharding.any_process(not ok)):
     workdir_lib.check_resume(workdir, config)
     trainer = Trainer(config, workdir)
+    check_schedule_length(workdir, config, trainer.exp)
     trainer.write_configs()
     try:
       state = _train_loop(trainer)
@@ -609,6 +623,27 @@ def train_and_evaluate(config, workdir) -> dict:
       return _final_evaluation(trainer, state)
     finally:
       trainer.close()
+
+
+def check_schedule_length(workdir, config, exp):
+  """A resumed run under a schedule shaped by its length (cosine, burda) keeps its length,
+  or says that its learning-rate curve changes (resume.allow_config_change)."""
+  path = os.path.join(workdir, workdir_lib.CONFIG_FILE)
+  if (config.optimizer.schedule not in optim.LENGTH_SHAPED or not os.path.exists(path)
+      or not workdir_lib.has_committed_step(workdir)):
+    return
+  saved = workdir_lib.load_config(workdir)
+  saved_steps, _ = resolve_num_steps(saved.train, exp.dataset.num_train)
+  if saved_steps == exp.num_steps or saved.optimizer.schedule != config.optimizer.schedule:
+    return  # Unchanged, or a schedule change check_resume has already listed.
+  what = (f"optimizer.schedule {config.optimizer.schedule!r} is shaped by the run's length: "
+          f'{saved_steps} steps when it started, {exp.num_steps} now, so the learning rate '
+          'would differ at every step after the checkpoint')
+  if not config.resume.allow_config_change:
+    raise workdir_lib.WorkdirError(
+        f'refusing to resume {workdir}: {what}. Keep train.num_steps / train.num_epochs, or '
+        'pass --config.resume.allow_config_change=True to continue on the new curve.')
+  vlog.info(f'Resuming on a new learning-rate curve: {what}.')
 
 
 def _train_loop(trainer: Trainer):
@@ -647,8 +682,9 @@ def _train_loop(trainer: Trainer):
         now = time.perf_counter()
         rate = (step - last_step) / max(now - last_time, 1e-9)
         last_time, last_step = now, step
+        lr = optim.learning_rate_at(config.optimizer, num_steps, step)
         for r, (means, _, _) in zip(trainer.replicas, per_replica):
-          r.writer.write(step, 'train', dict(means, steps_per_sec=rate))
+          r.writer.write(step, 'train', dict(means, steps_per_sec=rate, learning_rate=lr))
         shown = {k: float(np.mean([m.get(k, 0.0) for m, _, _ in per_replica]))
                  for k in set().union(*(m for m, _, _ in per_replica))}
         vlog.info(vlog.progress_line(step, num_steps, shown, rate, c.batch_size))
@@ -659,8 +695,10 @@ def _train_loop(trainer: Trainer):
       if preempted:
         trainer.save(state, step, force=True)
         trainer.wait_for_saves()
-        vlog.info(f'SIGTERM: saved a checkpoint at step {step}; exiting. '
+        vlog.info(f'{preemption.name}: saved a checkpoint at step {step}; exiting. '
                   'Re-run the same command to resume.')
+        if preemption.interrupted:  # Python's answer to Ctrl-C, after the save.
+          raise KeyboardInterrupt(f'saved a checkpoint at step {step}')
         return None
   trainer.save(state, step, force=True)
   # Committed before the final evaluation: a failed save stops the run before

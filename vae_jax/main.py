@@ -103,8 +103,30 @@ def _config_file_error(error):
   return message if sep and kind.endswith(('ConfigError', 'ValueError')) else last
 
 
+def shipped_config(value):
+  """--config=NAME[:options] or configs/NAME.py[:options] -> the shipped config's path,
+  when no such file exists where the command runs; anything else unchanged."""
+  path, sep, options = value.partition(':')
+  if os.path.exists(path):
+    return value
+  name = os.path.basename(path)
+  name = name[:-3] if name.endswith('.py') else name
+  if path not in (name, f'{name}.py', f'configs/{name}.py'):
+    return value  # Another folder: its own missing file, reported as such.
+  # Beside the package: the checkout's configs/, or the installed `configs` package.
+  shipped = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
+  candidate = os.path.join(shipped, f'{name}.py')
+  return candidate + sep + options if os.path.exists(candidate) else value
+
+
+def _resolve_configs(argv):
+  return [f'--config={shipped_config(a.split("=", 1)[1])}' if a.startswith('--config=') else a
+          for a in argv]
+
+
 def _parse_flags(argv):
   """absl's flag parsing; a bad flag, config option or misspelt field is one line."""
+  argv = _resolve_configs(argv)
   try:
     rest = flags.FLAGS(argv)
     # ml_collections defers a config file it cannot open to the first use.

@@ -444,6 +444,7 @@ class Trainer:
     workdir_lib.write_json(os.path.join(self.workdir, workdir_lib.CONFIG_FILE),
                            self.config.to_dict())
     workdir_lib.record_versions(self.workdir)
+    workdir_lib.record_launch(self.workdir, jax.devices())
     if self.multi:
       for r in self.replicas:
         workdir_lib.write_json(os.path.join(r.workdir, workdir_lib.CONFIG_FILE),

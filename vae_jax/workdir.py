@@ -11,6 +11,8 @@ import importlib.metadata
 import json
 import os
 import socket
+import subprocess
+import sys
 import tempfile
 import warnings
 
@@ -21,6 +23,7 @@ from vae_jax import config as config_lib
 
 CONFIG_FILE = 'config.json'
 LOCK_FILE = 'run.lock'
+LAUNCHES_FILE = 'launches.jsonl'
 VERSIONS_FILE = 'versions.json'
 PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'numpy', 'tensorflow-datasets')
 
@@ -259,3 +262,34 @@ def record_versions(workdir):
                     'results may not be bit-identical to an uninterrupted run.')
   write_json(path, current)
   return current
+
+
+def _git(*args):
+  """A git command's output in the checkout holding vae_jax; None outside one."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    result = subprocess.run(['git', '-C', root, *args], capture_output=True, text=True,
+                            timeout=10, check=True)
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return result.stdout
+
+
+def provenance(devices) -> dict:
+  """Where and from what a launch ran: command line, code, host, devices."""
+  commit = _git('rev-parse', 'HEAD')
+  status = _git('status', '--porcelain', '--untracked-files=no') if commit else None
+  kinds = sorted({d.device_kind for d in devices})
+  return {
+      'time': datetime.datetime.now().astimezone().isoformat(timespec='seconds'),
+      'argv': list(sys.argv), 'cwd': os.getcwd(), 'host': socket.gethostname(),
+      'git_commit': commit.strip() if commit else None,
+      'git_dirty': bool(status.strip()) if status is not None else None,
+      'devices': {'kind': kinds[0] if len(kinds) == 1 else kinds, 'count': len(devices)},
+  }
+
+
+def record_launch(workdir, devices):
+  """Appends this launch's provenance to launches.jsonl (one line per start or resume)."""
+  with open(os.path.join(workdir, LAUNCHES_FILE), 'a', encoding='utf-8') as f:
+    f.write(json.dumps(provenance(devices), sort_keys=True) + '\n')

@@ -28,21 +28,28 @@ def train_command(workdir, num_steps):
           f'--workdir={workdir}', f'--config.train.num_steps={num_steps}'] + TINY
 
 
-def test_sigterm_saves_and_exits_zero_then_resumes(tmp_path):
-  workdir = tmp_path / 'run'
+def signal_once_training(workdir, signum):
+  """Starts a long run, sends `signum` once its first progress line is out; returns
+  (exit status, console output, seconds from the signal to the exit)."""
   proc = subprocess.Popen(train_command(workdir, 10_000_000), cwd=ROOT, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
   try:
     for line in proc.stdout:  # Wait until training is under way.
       if line.startswith('step '):
         break
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     start = time.monotonic()
     out, _ = proc.communicate(timeout=60)
   finally:
     proc.kill()
-  assert proc.returncode == 0, out
-  assert time.monotonic() - start < 60
+  return proc.returncode, out, time.monotonic() - start
+
+
+def test_sigterm_saves_and_exits_zero_then_resumes(tmp_path):
+  workdir = tmp_path / 'run'
+  returncode, out, seconds = signal_once_training(workdir, signal.SIGTERM)
+  assert returncode == 0, out
+  assert seconds < 60
   assert 'SIGTERM: saved a checkpoint at step' in out
   saved = int(out.split('SIGTERM: saved a checkpoint at step ')[1].split(';')[0])
   assert saved > 0 and str(saved) in os.listdir(workdir / 'checkpoints')
@@ -56,18 +63,8 @@ def test_sigterm_saves_and_exits_zero_then_resumes(tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_saves_and_stops(tmp_path):
   workdir = tmp_path / 'run'
-  proc = subprocess.Popen(train_command(workdir, 10_000_000) + [
-      '--config.train.checkpoint_every_steps=10000000'], cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
-  try:
-    for line in proc.stdout:  # Wait until training is under way.
-      if line.startswith('step '):
-        break
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=60)
-  finally:
-    proc.kill()
-  assert proc.returncode == 130, out
+  returncode, out, _ = signal_once_training(workdir, signal.SIGINT)
+  assert returncode == 130, out
   assert 'Traceback' not in out and 'KeyboardInterrupt' not in out, out
   assert 'Ctrl-C: saving a checkpoint after this call' in out
   step = int(out.split('Ctrl-C: saved a checkpoint at step ')[1].split(';')[0])

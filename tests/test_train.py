@@ -78,7 +78,8 @@ def test_loss_goes_down(baseline):
   records = vlog.read_metrics(workdir, 'train')
   assert [r['step'] for r in records] == [10, 20, 30, 40]
   assert records[-1]['loss'] < records[0]['loss'] - 20  # nats; from ~540 at init.
-  assert {r['learning_rate'] for r in records} == {1e-3}  # Logged every interval.
+  assert {r['learning_rate'] for r in records} == {1e-3}  # Logged every interval,
+  assert {r['kl_weight'] for r in records} == {1.0}  # as is the ELBO's KL weight.
 
 
 def test_resume_is_bit_identical(baseline, tmp_path):

@@ -683,9 +683,12 @@ def _train_loop(trainer: Trainer):
         now = time.perf_counter()
         rate = (step - last_step) / max(now - last_time, 1e-9)
         last_time, last_step = now, step
-        lr = optim.learning_rate_at(config.optimizer, num_steps, step)
+        schedules = {'learning_rate': optim.learning_rate_at(config.optimizer, num_steps, step)}
+        if config.objective.name == 'elbo':
+          schedules['kl_weight'] = float(objectives.kl_weight(
+              step, config.objective.beta, config.objective.kl_warmup_steps))
         for r, (means, _, _) in zip(trainer.replicas, per_replica):
-          r.writer.write(step, 'train', dict(means, steps_per_sec=rate, learning_rate=lr))
+          r.writer.write(step, 'train', dict(means, steps_per_sec=rate, **schedules))
         shown = {k: float(np.mean([m.get(k, 0.0) for m, _, _ in per_replica]))
                  for k in set().union(*(m for m, _, _ in per_replica))}
         vlog.info(vlog.progress_line(step, num_steps, shown, rate, c.batch_size))

@@ -265,8 +265,11 @@ def record_versions(workdir):
 
 
 def _git(*args):
-  """A git command's output in the checkout holding vae_jax; None outside one."""
+  """A git command's output in the checkout holding vae_jax; None outside one (an
+  installed copy inside some other repository is not that repository's code)."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  if not os.path.exists(os.path.join(root, '.git')):
+    return None
   try:
     result = subprocess.run(['git', '-C', root, *args], capture_output=True, text=True,
                             timeout=10, check=True)

@@ -220,7 +220,8 @@ class Checkpointer:
     """Saves `state` and JSON-serialisable `metadata` as `step`.
 
     The metadata saved also holds the step, the arrays' checksums and the run's
-    identity (under 'step', 'checksums' and 'run'). A step that exists is never
+    identity, under a key of this module's own ('checkpoint') that restore checks
+    and strips from the metadata it returns. A step that exists is never
     overwritten; a step lower than the latest is saved only with `force` (and
     the keep policy may drop it at once).
 

@@ -109,8 +109,10 @@ def trained(trained_run):
 def test_progress_line_shows_step_loss_speed_and_eta(trained_run):
   _, out = trained_run
   lines = [line for line in out.splitlines() if line.startswith('step ')]
-  assert [line.split(' | ')[0] for line in lines] == ['step 10/20', 'step 20/20'], out
-  pattern = (r'step (\d+)/20 \| loss (\d+\.\d\d) \| elbo (-\d+\.\d\d) \| recon -?\d+\.\d\d \| '
+  # 90 steps per epoch: 4,500 digits, batch 50.
+  assert [line.split(' | ')[0] for line in lines] == ['step 10/20 (epoch 0.1)',
+                                                      'step 20/20 (epoch 0.2)'], out
+  pattern = (r'step (\d+)/20 \(epoch 0\.\d\) \| loss (\d+\.\d\d) \| elbo (-\d+\.\d\d) \| recon -?\d+\.\d\d \| '
              r'kl \d+\.\d\d( \| [a-z_]+ -?\d+\.\d\d)* \| (\d+\.\d) steps/s \(([\d,]+) img/s\) \| '
              r'ETA (\d+)m(\d\d)s')
   for line in lines:
@@ -239,3 +241,8 @@ def test_sigterm_outside_the_training_loop_ends_with_the_signal_and_keeps_checkp
 def test_eta_is_unknown_before_any_speed_is_measured():
   line = vlog.progress_line(0, 100, {'loss': 1.0}, 0.0, 50)
   assert line.endswith('ETA ?'), line
+
+
+def test_progress_line_of_several_seeds_says_its_terms_are_means():
+  line = vlog.progress_line(50, 100, {'loss': 1.0}, 2.0, 50, steps_per_epoch=20, means_of=4)
+  assert line.startswith('step 50/100 (epoch 2.5) | mean of 4 seeds: loss 1.00 | 2.0 steps/s')

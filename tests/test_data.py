@@ -418,3 +418,11 @@ def test_real_binarized_mnist(fresh_cache):
   assert (ds.num_train, ds.num_eval, ds.image_shape) == (50_000, 10_000, (28, 28, 1))
   assert set(np.unique(ds.train)) == set(np.unique(ds.eval)) == {0, 1}
   assert 0.1 < ds.train.mean() < 0.2  # About 13% of binarized MNIST pixels are on.
+
+
+def test_tfds_advice_to_install_opencv_is_not_shown(caplog):
+  import logging  # pylint: disable=g-import-not-at-top
+  with caplog.at_level(logging.WARNING):
+    logging.getLogger('absl').warning('OpenCV is not installed. We recommend using OpenCV ...')
+    logging.getLogger('absl').warning('another warning')
+  assert [r.getMessage() for r in caplog.records] == ['another warning']

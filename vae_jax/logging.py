@@ -114,13 +114,18 @@ def format_duration(seconds):
   return f'{hours}h{minutes:02d}m' if hours else f'{minutes}m{secs:02d}s'
 
 
-def progress_line(step, num_steps, metrics, steps_per_sec, batch_size):
-  """One readable console line: step, loss terms, speed and ETA."""
+def progress_line(step, num_steps, metrics, steps_per_sec, batch_size, steps_per_epoch=0,
+                  means_of=0):
+  """One readable console line: step (and epoch), loss terms, speed and ETA; with
+  `means_of` > 1 replicas, it says the terms are their means."""
   first = [k for k in ('loss', 'elbo', 'recon', 'kl') if k in metrics]
   shown = first + sorted(k for k in metrics if k not in first and k != 'kl_weight')
   terms = ' | '.join(f'{k} {float(metrics[k]):.2f}' for k in shown)
   eta = (num_steps - step) / steps_per_sec if steps_per_sec > 0 else float('nan')
-  return (f'step {step}/{num_steps} | {terms} | {steps_per_sec:.1f} steps/s '
+  epoch = f' (epoch {step / steps_per_epoch:.1f})' if steps_per_epoch else ''
+  if means_of > 1:
+    terms = f'mean of {means_of} seeds: {terms}'
+  return (f'step {step}/{num_steps}{epoch} | {terms} | {steps_per_sec:.1f} steps/s '
           f'({steps_per_sec * batch_size:,.0f} img/s) | ETA {format_duration(eta)}')
 
 

@@ -691,7 +691,8 @@ def _train_loop(trainer: Trainer):
           r.writer.write(step, 'train', dict(means, steps_per_sec=rate, **schedules))
         shown = {k: float(np.mean([m.get(k, 0.0) for m, _, _ in per_replica]))
                  for k in set().union(*(m for m, _, _ in per_replica))}
-        vlog.info(vlog.progress_line(step, num_steps, shown, rate, c.batch_size))
+        vlog.info(vlog.progress_line(step, num_steps, shown, rate, c.batch_size,
+                                     exp.steps_per_epoch, len(exp.seeds)))
       if step % c.eval_every_steps == 0 and step < num_steps:
         trainer.evaluate(eval_params(state), step)
       if save_now:

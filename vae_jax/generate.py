@@ -103,7 +103,7 @@ def _restore_for_reading(ckpt, target, step):
       readable = _newest_readable(ckpt, target, [s for s in ckpt.all_steps() if s != step])
       hint = (f'the newest readable step is {readable[0]}: pass --step={readable[0]}'
               if readable else 'no other step is readable')
-      raise checkpoint.CheckpointError(f'{e} ({hint}).') from e
+      raise checkpoint.CheckpointError(f'{str(e).rstrip(".")}; {hint}.') from e
   steps = ckpt.all_steps()
   if not steps:
     raise checkpoint.CheckpointError(f'No checkpoint in {ckpt.directory}.')
@@ -112,9 +112,10 @@ def _restore_for_reading(ckpt, target, step):
   except checkpoint.CorruptCheckpointError as e:
     readable = _newest_readable(ckpt, target, steps[:-1])
     if readable is None:
-      raise checkpoint.CheckpointError(f'{e} (and no older step is readable).') from e
+      raise checkpoint.CheckpointError(f'{str(e).rstrip(".")}, and no older step is '
+                                       'readable.') from e
     logging.warning('%s; using step %d, the newest readable one (--step chooses another).',
-                    e, readable[0])
+                    str(e).rstrip('.'), readable[0])
     return readable
 
 

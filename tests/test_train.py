@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from PIL import Image
 
 from vae_jax import checkpoint
 from vae_jax import config as config_lib
@@ -231,3 +232,53 @@ def test_a_new_length_under_a_length_shaped_schedule_is_refused_or_stated(tmp_pa
   assert logged[30] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 30 / 40)))
   # A constant rate does not depend on the length: test_resume_is_bit_identical and the
   # fault-tolerance scenarios resume constant-rate runs under new lengths.
+
+
+def _tensorboard(workdir):
+  """TensorBoard's own reader over the run's event files."""
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  accumulator = event_accumulator.EventAccumulator(
+      os.path.join(workdir, 'tensorboard'), size_guidance={event_accumulator.IMAGES: 0})
+  accumulator.Reload()
+  return accumulator
+
+
+def test_tensorboard_has_curves_pictures_over_time_and_hparams_without_duplicates(tmp_path,
+                                                                                   capsys):
+  workdir = str(tmp_path / 'run')
+  config = tiny_config(eval__num_importance_samples=5)
+  metrics = train.train_and_evaluate(config, workdir)
+  assert f'log p(x) {metrics["log_px"]:.2f} nats (K=5)' in capsys.readouterr().out
+  tb = _tensorboard(workdir)
+  scalars = tb.Tags()['scalars']
+  for tag in ('train/loss', 'train/learning_rate', 'train/kl_weight', 'eval/elbo', 'eval/log_px'):
+    assert tag in scalars, (tag, scalars)
+  assert not [t for t in scalars if t.endswith(('num_samples', 'num_images'))], scalars
+  assert [e.step for e in tb.Scalars('eval/elbo')] == [20, 40]
+  # The grids at every evaluation, as large as their PNGs.
+  for name in ('samples', 'reconstructions'):
+    events = tb.Images(name)
+    assert [e.step for e in events] == [20, 40], name
+    with Image.open(os.path.join(workdir, f'{name}.png')) as png:
+      assert (events[-1].width, events[-1].height) == png.size, name
+  # The HParams dashboard: the config's fields and the final metrics.
+  from tensorboard.backend.event_processing import plugin_event_accumulator  # pylint: disable=g-import-not-at-top
+  from tensorboard.plugins.hparams import plugin_data_pb2  # pylint: disable=g-import-not-at-top
+  plugin = plugin_event_accumulator.EventAccumulator(os.path.join(workdir, 'tensorboard'))
+  plugin.Reload()
+  start = plugin_data_pb2.HParamsPluginData.FromString(
+      plugin.PluginTagToContent('hparams')['_hparams_/session_start_info']).session_start_info
+  assert start.hparams['model.latent_dim'].number_value == 4
+  assert start.hparams['data.name'].string_value == 'embedded_mnist'
+  assert [e.step for e in tb.Scalars('hparam/elbo')] == [40]
+  assert tb.Scalars('hparam/elbo')[0].value == pytest.approx(metrics['elbo'], rel=1e-6)
+  # Launched again when finished, the run reports without adding a second final point.
+  capsys.readouterr()
+  again = train.train_and_evaluate(config, workdir)
+  assert again['elbo'] == metrics['elbo']
+  assert 'Final held-out ELBO' in capsys.readouterr().out
+  tb = _tensorboard(workdir)
+  assert [e.step for e in tb.Scalars('eval/elbo')] == [20, 40]
+  assert [e.step for e in tb.Images('samples')] == [20, 40]
+  assert [r['step'] for r in vlog.read_metrics(workdir, 'eval')] == [20, 40]
+  assert sum(1 for _ in open(os.path.join(workdir, 'metrics.jsonl'))) == 4 + 2 + 1  # No repeats.

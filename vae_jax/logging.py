@@ -13,6 +13,9 @@ import numpy as np
 from PIL import Image
 
 METRICS_FILE = 'metrics.jsonl'
+# Sizes, not measurements: kept in metrics.jsonl, not drawn as TensorBoard curves.
+COUNTS = ('num_samples', 'num_images')
+PNG_SCALE = 2  # Grids are enlarged this many times (nearest) for viewing, on disk and in TensorBoard.
 
 
 class MetricWriter:
@@ -38,12 +41,22 @@ class MetricWriter:
     self._jsonl.flush()
     if self._tb is not None:
       for name, value in metrics.items():
-        if np.ndim(value) == 0:
+        if np.ndim(value) == 0 and name not in COUNTS:
           self._tb.add_scalar(f'{split}/{name}', float(value), int(step))
 
   def write_image(self, step, name, grid):
+    """A uint8 [H, W, C] grid, at the resolution of its PNG."""
     if self._tb is not None:
-      self._tb.add_image(name, grid, int(step), dataformats='HWC')
+      self._tb.add_image(name, enlarge(grid), int(step), dataformats='HWC')
+
+  def write_hparams(self, hparams, metrics, step):
+    """The run's config fields and final metrics, for TensorBoard's HParams dashboard."""
+    if self._tb is not None:
+      shown = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+               for k, v in hparams.items()}
+      final = {f'hparam/{k}': float(v) for k, v in metrics.items()
+               if np.ndim(v) == 0 and k not in COUNTS}
+      self._tb.add_hparams(shown, final, name='.', global_step=int(step))
 
   def close(self):
     if self._jsonl is not None:
@@ -94,11 +107,15 @@ def image_grid(images, columns=None, pad=2):
   return (grid * 255.0 + 0.5).astype(np.uint8)
 
 
-def save_png(path, grid, scale=2):
+def enlarge(grid, scale=PNG_SCALE):
+  """A uint8 [H, W, C] grid enlarged `scale` times, each pixel a scale x scale block."""
+  return np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
+
+
+def save_png(path, grid, scale=PNG_SCALE):
   """Writes a uint8 grid as PNG, enlarged `scale` times (nearest) for viewing."""
+  grid = enlarge(grid, scale)
   image = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
-  if scale > 1:
-    image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
   tmp = path + '.tmp'
   image.save(tmp, format='PNG')
   os.replace(tmp, path)

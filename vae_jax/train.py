@@ -404,6 +404,7 @@ class Trainer:
     keys = [r.keys['train'] for r in self.replicas]
     self.train_keys = jnp.stack(keys) if self.multi else keys[0]
     self.step_fn = make_train_step(self.exp)
+    self.record_final = True  # False for a finished run launched again (set by the loop).
 
   def _replica(self, seed):
     c = self.config
@@ -502,20 +503,24 @@ class Trainer:
       for r in self.replicas:
         r.writer.close()
 
-  def evaluate(self, params, step):
-    """Held-out ELBO of every replica, logged per replica; returns a list of dicts."""
+  def evaluate(self, params, step, record=True):
+    """Held-out ELBO of every replica, logged per replica (with `record`, also written to
+    metrics.jsonl and TensorBoard); returns a list of dicts."""
     results = []
     for r, s in self.replica_states(TrainState(step, params, ())):
       metrics = evaluate.evaluate_elbo(self.exp.model, s.params, r.eval_images,
                                        r.keys['eval'], batch_size=self.config.eval.batch_size,
                                        labels=r.eval_labels)
-      r.writer.write(step, 'eval', metrics)
+      if record:
+        r.writer.write(step, 'eval', metrics)
       results.append(metrics)
     vlog.info(f'eval at step {step} ({self.config.data.eval_split}'
               f'{_seeds_note(len(results))}): {_summary(results)}')
     return results
 
-  def save_images(self, params, step):
+  def save_images(self, params, step, record=True):
+    """samples.png and reconstructions.png of every replica (and, with `record`, the
+    same grids in TensorBoard at `step`)."""
     if not self.main:
       return
     # Host copies: every process must run each computation over global arrays,
@@ -532,7 +537,8 @@ class Trainer:
       for name, images, columns in (('samples', samples, None), ('reconstructions', pairs, 16)):
         grid = vlog.image_grid(np.asarray(images), columns=columns)
         vlog.save_png(os.path.join(r.workdir, f'{name}.png'), grid)
-        r.writer.write_image(step, name, grid)
+        if record:
+          r.writer.write_image(step, name, grid)
 
 
 def class_rows(model, num):
@@ -653,6 +659,8 @@ def _train_loop(trainer: Trainer):
   num_steps = exp.num_steps
   state = trainer.initial_state()
   step = int(sharding.to_host(state.step))
+  # A finished run launched again only reports: its final point is on record already.
+  trainer.record_final = step < num_steps
   seeds = f'{len(exp.seeds)} seeds vmapped, ' if trainer.multi else ''
   vlog.info(f'Training {config.model.architecture} VAE on {config.data.name}: '
             f'{models.count_params(trainer.replica_states(state)[0][1].params):,} params, '
@@ -695,6 +703,7 @@ def _train_loop(trainer: Trainer):
                                      exp.steps_per_epoch, len(exp.seeds)))
       if step % c.eval_every_steps == 0 and step < num_steps:
         trainer.evaluate(eval_params(state), step)
+        trainer.save_images(eval_params(state), step)  # TensorBoard's pictures over time.
       if save_now:
         trainer.save(state, step)
       if preempted:
@@ -724,7 +733,8 @@ def _final_evaluation(trainer: Trainer, state) -> dict:
   config, exp = trainer.config, trainer.exp
   step = int(sharding.to_host(state.step))
   params = eval_params(state)
-  results = trainer.evaluate(params, step)
+  record = trainer.record_final
+  results = trainer.evaluate(params, step, record=record)
   for (r, rs), metrics in zip(trainer.replica_states(TrainState(step, params, ())), results):
     if config.eval.num_importance_samples:
       ll = evaluate.evaluate_log_likelihood(
@@ -732,26 +742,34 @@ def _final_evaluation(trainer: Trainer, state) -> dict:
           num_samples=config.eval.num_importance_samples,
           batch_size=config.eval.importance_batch_size,
           chunk_size=config.eval.importance_chunk_size, labels=r.eval_labels)
-      r.writer.write(step, 'eval', ll)
+      if record:
+        r.writer.write(step, 'eval', ll)
       metrics.update(ll)
     if trainer.main:
       workdir_lib.write_json(os.path.join(r.workdir, 'final_metrics.json'),
                              dict(metrics, step=step))
-  trainer.save_images(params, step)
+    if record:
+      r.writer.write_hparams(config_lib.flatten(replica_config(config, r.seed).to_dict()),
+                             metrics, step)
+  trainer.save_images(params, step, record=record)
   images = f'{len(trainer.eval_images)} images, step {step}'
+  k = config.eval.num_importance_samples
   if not trainer.multi:
     metrics = results[0]
+    ll = f', log p(x) {metrics["log_px"]:.2f} nats (K={k})' if 'log_px' in metrics else ''
     vlog.info(f'Final held-out ELBO ({config.data.eval_split}, {images}): '
-              f'{metrics["elbo"]:.2f} nats')
+              f'{metrics["elbo"]:.2f} nats{ll}')
     return metrics
   summary = _across_seeds(results, exp.seeds)
   if trainer.main:
     workdir_lib.write_json(os.path.join(trainer.workdir, 'final_metrics.json'),
                            dict(summary, step=step))
   elbos = [m['elbo'] for m in results]
+  ll = (f'; log p(x) {summary["log_px"]:.2f} \u00b1 {summary["log_px_std"]:.2f} nats (K={k})'
+        if 'log_px' in summary else '')
   vlog.info(f'Final held-out ELBO ({config.data.eval_split}, {images}), '
             f'{len(elbos)} seeds: {summary["elbo"]:.2f} \u00b1 {summary["elbo_std"]:.2f} nats '
-            f'(per seed: {", ".join(f"{e:.2f}" for e in elbos)})')
+            f'(per seed: {", ".join(f"{e:.2f}" for e in elbos)}){ll}')
   return summary
 
 

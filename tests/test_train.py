@@ -80,7 +80,9 @@ def test_loss_goes_down(baseline):
   assert [r['step'] for r in records] == [10, 20, 30, 40]
   assert records[-1]['loss'] < records[0]['loss'] - 20  # nats; from ~540 at init.
   assert {r['learning_rate'] for r in records} == {1e-3}  # Logged every interval,
-  assert {r['kl_weight'] for r in records} == {1.0}  # as is the ELBO's KL weight.
+  assert {r['kl_weight'] for r in records} == {1.0}  # as is the ELBO's KL weight,
+  assert [r['epoch'] for r in records] == [s / 90 for s in (10, 20, 30, 40)]  # and the epoch.
+  assert [r['epoch'] for r in vlog.read_metrics(workdir, 'eval')] == [20 / 90, 40 / 90]
 
 
 def test_resume_is_bit_identical(baseline, tmp_path):

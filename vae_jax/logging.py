@@ -13,8 +13,8 @@ import numpy as np
 from PIL import Image
 
 METRICS_FILE = 'metrics.jsonl'
-# Sizes, not measurements: kept in metrics.jsonl, not drawn as TensorBoard curves.
-COUNTS = ('num_samples', 'num_images')
+# Sizes and positions, not measurements: kept in metrics.jsonl, not drawn as TensorBoard curves.
+COUNTS = ('num_samples', 'num_images', 'epoch')
 PNG_SCALE = 2  # Grids are enlarged this many times (nearest) for viewing, on disk and in TensorBoard.
 
 

@@ -512,7 +512,7 @@ class Trainer:
                                        r.keys['eval'], batch_size=self.config.eval.batch_size,
                                        labels=r.eval_labels)
       if record:
-        r.writer.write(step, 'eval', metrics)
+        r.writer.write(step, 'eval', dict(metrics, epoch=step / self.exp.steps_per_epoch))
       results.append(metrics)
     vlog.info(f'eval at step {step} ({self.config.data.eval_split}'
               f'{_seeds_note(len(results))}): {_summary(results)}')
@@ -691,7 +691,8 @@ def _train_loop(trainer: Trainer):
         now = time.perf_counter()
         rate = (step - last_step) / max(now - last_time, 1e-9)
         last_time, last_step = now, step
-        schedules = {'learning_rate': optim.learning_rate_at(config.optimizer, num_steps, step)}
+        schedules = {'epoch': step / exp.steps_per_epoch,
+                     'learning_rate': optim.learning_rate_at(config.optimizer, num_steps, step)}
         if config.objective.name == 'elbo':
           schedules['kl_weight'] = float(objectives.kl_weight(
               step, config.objective.beta, config.objective.kl_warmup_steps))

@@ -14,9 +14,9 @@ library's step called as its loop calls it (Trainer.run_call), and the real
 loop, `train.train_and_evaluate` in a temporary workdir with evaluation pushed
 past the end, read from its metrics.jsonl; the importance-sampled log p(x)
 throughput; last, the save and restore times of the train state with and
-without the SHA-256 of every array that checkpoints carry (timed in turns). The two steps are timed in turns, before and after each of
-LOOP_TURNS runs of the loop, so that the ratios survive a shared, noisy
-machine. Every throughput is a median of timed repeats after a warm-up, each
+without the SHA-256 of every array that checkpoints carry (timed in turns).
+The two steps are timed in turns, before and after each of LOOP_TURNS runs of
+the loop, so that the ratios survive a shared, noisy machine. Every throughput is a median of timed repeats after a warm-up, each
 phase bounded by --seconds. The default run takes 1-3 minutes on 2 CPU cores.
 """
 

@@ -8,9 +8,10 @@ config fields in which the runs differ (the rest is the same for all), the
 final held-out value of `--metric` (final_metrics.json), log p(x) and active
 units from the newest `evaluate_workdir` JSON with the most samples when there
 is one, the last step and the time spent training (each log interval's steps at
-its logged rate: the gaps of a stopped and resumed run do not count). `--output` gets the metric's curves, train and eval, against
-steps and against epochs, one colour per run; titles and labels come from the
-runs. Nothing in the workdirs is written.
+its logged rate: the gaps of a stopped and resumed run do not count).
+`--output` gets the metric's curves, train and eval, against steps and against
+epochs, one colour per run; titles and labels come from the runs. Nothing in
+the workdirs is written.
 """
 
 import glob

@@ -32,10 +32,10 @@ def burda_schedule(learning_rate, num_steps, growth=3, num_stages=8):
 LENGTH_SHAPED = ('cosine', 'warmup_cosine', 'burda', 'burda_equal')
 
 
-def learning_rate_at(opt_config, num_steps, step) -> float:
-  """The learning rate the optimiser applies at `step` (for the logs)."""
+def learning_rate_fn(opt_config, num_steps):
+  """step -> the learning rate (a float) the optimiser applies there, for the logs."""
   schedule = learning_rate_schedule(opt_config, num_steps)
-  return float(schedule(step) if callable(schedule) else schedule)
+  return lambda step: float(schedule(step) if callable(schedule) else schedule)
 
 
 def learning_rate_schedule(opt_config, num_steps):

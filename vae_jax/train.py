@@ -666,6 +666,7 @@ def _train_loop(trainer: Trainer):
             f'{models.count_params(trainer.replica_states(state)[0][1].params):,} params, '
             f'{seeds}{num_steps} steps ({exp.steps_per_epoch} per epoch), batch '
             f'{c.batch_size}, {sharding.device_count()} device(s), from step {step}.')
+  learning_rate = optim.learning_rate_fn(config.optimizer, num_steps)
   pending, first_pending = [], step
   nonfinite_runs = [(0, 0)] * len(exp.seeds)
   last_time, last_step = time.perf_counter(), step
@@ -691,8 +692,7 @@ def _train_loop(trainer: Trainer):
         now = time.perf_counter()
         rate = (step - last_step) / max(now - last_time, 1e-9)
         last_time, last_step = now, step
-        schedules = {'epoch': step / exp.steps_per_epoch,
-                     'learning_rate': optim.learning_rate_at(config.optimizer, num_steps, step)}
+        schedules = {'epoch': step / exp.steps_per_epoch, 'learning_rate': learning_rate(step)}
         if config.objective.name == 'elbo':
           schedules['kl_weight'] = float(objectives.kl_weight(
               step, config.objective.beta, config.objective.kl_warmup_steps))
@@ -703,8 +703,9 @@ def _train_loop(trainer: Trainer):
         vlog.info(vlog.progress_line(step, num_steps, shown, rate, c.batch_size,
                                      exp.steps_per_epoch, len(exp.seeds)))
       if step % c.eval_every_steps == 0 and step < num_steps:
-        trainer.evaluate(eval_params(state), step)
-        trainer.save_images(eval_params(state), step)  # TensorBoard's pictures over time.
+        params = eval_params(state)
+        trainer.evaluate(params, step)
+        trainer.save_images(params, step)  # TensorBoard's pictures over time.
       if save_now:
         trainer.save(state, step)
       if preempted:

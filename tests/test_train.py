@@ -274,6 +274,8 @@ def test_tensorboard_has_curves_pictures_over_time_and_hparams_without_duplicate
   assert start.hparams['data.name'].string_value == 'embedded_mnist'
   assert [e.step for e in tb.Scalars('hparam/elbo')] == [40]
   assert tb.Scalars('hparam/elbo')[0].value == pytest.approx(metrics['elbo'], rel=1e-6)
+  # One writer, one events file (a second one would be another run to TensorBoard).
+  assert len(os.listdir(os.path.join(workdir, 'tensorboard'))) == 1
   # Launched again when finished, the run reports without adding a second final point.
   capsys.readouterr()
   again = train.train_and_evaluate(config, workdir)

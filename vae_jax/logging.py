@@ -56,7 +56,13 @@ class MetricWriter:
                for k, v in hparams.items()}
       final = {f'hparam/{k}': float(v) for k, v in metrics.items()
                if np.ndim(v) == 0 and k not in COUNTS}
-      self._tb.add_hparams(shown, final, name='.', global_step=int(step))
+      # Into the run's own events file (SummaryWriter.add_hparams would open a
+      # second writer, and a second file, for them).
+      from tensorboardX.summary import hparams as hparams_summaries  # pylint: disable=g-import-not-at-top
+      for summary in hparams_summaries(shown, final):
+        self._tb.file_writer.add_summary(summary)
+      for name, value in final.items():
+        self._tb.add_scalar(name, value, int(step))
 
   def close(self):
     if self._jsonl is not None:

@@ -198,3 +198,18 @@ def test_a_config_that_is_not_a_config_dict_or_lacks_fields_names_what():
     config_lib.validate({'seed': 0})
   with pytest.raises(config_lib.ConfigError, match=r'config\.data\.name: missing'):
     config_lib.validate(ml_collections.ConfigDict({'seed': 0}))
+
+
+def test_config_reference_is_generated_from_the_fields_and_current():
+  """docs/config.md is `python -m vae_jax.config`'s output for the fields of today."""
+  path = os.path.join(os.path.dirname(__file__), '..', 'docs', 'config.md')
+  with open(path, encoding='utf-8') as f:
+    assert f.read() == config_lib.reference(), (
+        'docs/config.md is stale: python -m vae_jax.config > docs/config.md')
+  flat = config_lib.flatten(config_lib.default_config().to_dict())
+  documented = [name for name, _, doc in config_lib.FIELDS if doc.strip()]
+  assert sorted(documented) == sorted(flat) and len(documented) == len(flat)
+  for name in flat:
+    assert f'| `{name}` |' in config_lib.reference(), name
+  assert '*resumable*' in next(line for line in config_lib.reference().splitlines()
+                               if line.startswith('| `train.num_steps`'))

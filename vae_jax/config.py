@@ -12,6 +12,8 @@ import ml_collections
 
 from vae_jax import data
 from vae_jax import models
+from vae_jax import objectives
+from vae_jax import optim
 from vae_jax import sharding
 
 DATASETS = data.DATASETS
@@ -19,9 +21,9 @@ BINARIZATIONS = data.BINARIZATIONS
 ARCHITECTURES = models.ARCHITECTURES
 ACTIVATIONS = tuple(models.ACTIVATIONS)
 LIKELIHOODS = models.LIKELIHOODS
-OBJECTIVES = ('elbo', 'iwae')
-OPTIMIZERS = ('adam', 'adamw', 'adagrad', 'sgd')
-SCHEDULES = ('constant', 'cosine', 'warmup_cosine', 'burda', 'burda_equal')
+OBJECTIVES = objectives.OBJECTIVES
+OPTIMIZERS = optim.OPTIMIZERS
+SCHEDULES = optim.SCHEDULES
 NAN_POLICIES = ('stop', 'skip')
 
 # Fields that may change between a run and its resumption: they steer how long
@@ -82,131 +84,193 @@ def parse_options(arg, source, defaults=None, switches=(), choices=None):
   return options
 
 
+# Every field: (name, default, what it does). default_config() is built from
+# this table and docs/config.md is generated from it (`python -m vae_jax.config
+# > docs/config.md`; a test keeps the two equal), so a field cannot be added
+# without its documentation.
+FIELDS = (
+    ('seed', 0, 'The root PRNG key; the key of step s is fold_in(root, s). Same seed, same '
+     'numbers.'),
+
+    ('data.name', 'embedded_mnist', f'The dataset: one of {DATASETS}. embedded_mnist is 5,000 '
+     'real MNIST digits shipped in a package (offline); the others are read from TFDS.'),
+    ('data.data_dir', '', "TFDS's data directory; '' reads $TFDS_DATA_DIR, else TFDS's default "
+     '(~/tensorflow_datasets).'),
+    ('data.binarization', 'dynamic', f'One of {BINARIZATIONS}: static (as stored, or thresholded '
+     'once), dynamic (Bernoulli(pixel) redrawn every step, a fixed draw for evaluation), none '
+     '(grey levels or colour).'),
+    ('data.train_split', 'train', 'The split trained on.'),
+    ('data.eval_split', 'test', 'The split of the periodic and final evaluations.'),
+    ('data.download', True, 'Download and prepare a missing TFDS dataset (needs internet); False '
+     'names the dataset and the command that prepares it instead.'),
+
+    ('model.architecture', 'mlp', f'Encoder and decoder nets: one of {ARCHITECTURES}.'),
+    ('model.hidden', (400,), "The MLP's hidden widths, of the encoder and (in the same order) the decoder."),
+    ('model.conv_features', (32, 64), 'Channels of the conv nets: one stride-2 3x3 layer each in the encoder, one 2x '
+     'upsampling stage each in the decoder.'),
+    ('model.latent_dim', 20, 'Size of z_1, the bottom (or only) stochastic layer.'),
+    ('model.upper_latent_dims', (), 'Stochastic layers above z_1, bottom-up (Burda et al. '
+     "2015's two layers: (50,))."),
+    ('model.upper_hidden', (), 'The deterministic widths between z_l and z_{l+1}, one tuple per '
+     'entry of upper_latent_dims.'),
+    ('model.activation', 'relu', f'One of {ACTIVATIONS}.'),
+    ('model.likelihood', 'bernoulli', 'p(x | z): bernoulli (binary data), gaussian (dequantised: '
+     'log p(x) in discrete units), discretized_logistic, logistic_mixture (num_mixtures '
+     'components per pixel, Salimans et al. 2017; channel-autoregressive for colour).'),
+    ('model.num_mixtures', 10, 'Components of the logistic_mixture likelihood.'),
+    ('model.prior', 'standard_normal', 'p(z) of the top layer: standard_normal, mixture '
+     '(prior_components learned Gaussians) or vamp (Tomczak & Welling 2018: prior_components '
+     'pseudo-inputs through the encoder).'),
+    ('model.prior_components', 500, 'Components of the mixture and vamp priors.'),
+    ('model.posterior', 'gaussian', 'q(z_1 | x): gaussian, or iaf (Kingma et al. 2016): '
+     'iaf_steps MADE steps on the Gaussian.'),
+    ('model.iaf_steps', 2, 'Autoregressive steps of the iaf posterior.'),
+    ('model.iaf_hidden', (320, 320), 'Hidden widths of each MADE step.'),
+    ('model.iaf_context_dim', 100, 'Size of the context h the encoder gives each IAF step.'),
+    ('model.conditional', False, 'Conditional VAE (Sohn et al. 2015): the label joins the '
+     "encoder's and the decoder's inputs."),
+    ('model.class_conditional_prior', False, 'With conditional: also learn p(z | y), one '
+     'Gaussian per class.'),
+    ('model.hierarchy', 'bottom_up', "bottom_up (Burda's chain, the decoder on z_1) or "
+     'top_down (Ladder VAE, NVAE, VDVAE: groups from the top, each with p(z_l | z_>l) and '
+     'q(z_l | x, z_>l), the decoder reading the whole top-down state).'),
+    ('model.groups', (), 'top_down: the latent size of each stochastic group, bottom-up: dense '
+     "latents with MLP blocks for architecture 'mlp' (LVAE on MNIST: (64, 32, 16, 8, 4)), latent "
+     "channels with bottleneck ResNet blocks for 'conv'."),
+    ('model.group_resolutions', (), "top_down with 'conv': each group's resolution, one per "
+     'group, each dividing the one below (MNIST: (28, 14, 14, 7, 1)).'),
+    ('model.state_width', 256, 'top_down: the top-down state (units or channels).'),
+    ('model.block_hidden', 128, "top_down: the residual blocks' inner width."),
+    ('model.encoder_blocks', 1, 'top_down: bottom-up blocks per group (dense) or per resolution '
+     '(spatial).'),
+    ('model.merge', 'residual', 'top_down: q from the state and the bottom-up features, residual '
+     "(NVAE, relative to the prior) or precision (LVAE's precision-weighted merge)."),
+    ('model.scale', 'softplus', 'top_down: softplus or exp of the raw standard deviations.'),
+    ('model.scan_groups', True, 'top_down: identical consecutive groups compile once (nn.scan).'),
+    ('model.remat', False, "top_down: recompute each group's activations in the backward pass "
+     '(less memory, more compute).'),
+
+    ('objective.name', 'elbo', f'One of {OBJECTIVES}: the ELBO, or the IWAE bound with '
+     'num_samples samples (Burda et al. 2015).'),
+    ('objective.beta', 1.0, 'The KL weight (beta-VAE; the rate-distortion trade-off). elbo only.'),
+    ('objective.kl_warmup_steps', 0, 'Steps over which the KL weight rises linearly from 0 to '
+     'beta; 0: no warm-up. elbo only.'),
+    ('objective.free_bits', 0.0, 'A floor in nats under the KL of each latent (Kingma et al. '
+     '2016, batch-averaged); 0: none. elbo only.'),
+    ('objective.num_samples', 1, 'k of the IWAE bound (1 for the ELBO).'),
+
+    ('optimizer.name', 'adam', f'One of {OPTIMIZERS}.'),
+    ('optimizer.learning_rate', 1e-3, 'The peak learning rate.'),
+    ('optimizer.schedule', 'constant', f'One of {SCHEDULES}: cosine decays to 0 over the run, '
+     'warmup_cosine after warmup_steps of linear warm-up; burda is the IWAE paper\'s 8 stages at '
+     'learning_rate * 10^(-i/7), lasting in proportion 3^i (the paper\'s 3^i epochs, fitted to the '
+     'run\'s length), burda_equal the same in equal stages. '
+     'Schedules shaped by the run length refuse a change of length on resume.'),
+    ('optimizer.warmup_steps', 0, 'Steps of linear warm-up from 0 (constant and warmup_cosine).'),
+    ('optimizer.weight_decay', 0.0, 'Decoupled weight decay for adamw; for the others an L2 term '
+     'added to the gradients.'),
+    ('optimizer.grad_clip_norm', 0.0, 'Clip the global gradient norm to this; 0: no clipping.'),
+    ('optimizer.skip_threshold', 0.0, "VDVAE's skip: an update whose gradient norm (before "
+     'clipping) exceeds this is not applied, and counted in the logs (skipped); 0: never skip.'),
+    ('optimizer.ema_decay', 0.0, 'Evaluation and samples use an exponential moving average of the '
+     'parameters with this decay (VDVAE: 0.9999), kept in the checkpoints; 0: the parameters.'),
+    ('optimizer.b1', 0.9, "Adam's first-moment decay; sgd's momentum (0: none)."),
+    ('optimizer.b2', 0.999, "Adam's second-moment decay."),
+    ('optimizer.eps', 1e-8, "Adam's epsilon."),
+
+    ('train.batch_size', 128, 'The global batch, split over every device of every process.'),
+    ('train.num_epochs', 0.0, '> 0: the training length in epochs (overrides num_steps).'),
+    ('train.num_steps', 10_000, 'The training length in steps (when num_epochs is 0).'),
+    ('train.steps_per_call', 10, 'Steps run in one compiled call (lax.scan); the log, eval and '
+     'checkpoint intervals must be multiples of it.'),
+    ('train.log_every_steps', 500, 'Steps between train lines (console, metrics.jsonl, '
+     'TensorBoard).'),
+    ('train.eval_every_steps', 2_500, 'Steps between evaluations on data.eval_split, with sample '
+     'and reconstruction grids.'),
+    ('train.checkpoint_every_steps', 2_500, 'Steps between checkpoints.'),
+    ('train.max_checkpoints_to_keep', 3, 'Checkpoints kept; older ones are deleted.'),
+    ('train.nan_policy', 'stop', f'One of {NAN_POLICIES}: on a non-finite loss or gradient, stop '
+     '(the last checkpoint is kept), or skip the update.'),
+    ('train.max_consecutive_nonfinite', 10, 'With skip: stop after this many non-finite steps in '
+     'a row.'),
+    ('train.num_seeds', 1, '> 1: that many seeds (seed, seed + 1, ...) trained at once, vmapped in '
+     'one program; each replica keeps its own dir WORKDIR/seed_<seed>.'),
+    ('train.exact_replicas', True, 'On CPU, compile the step so that a vmapped replica is '
+     'bit-identical to the one-seed run; False is a little faster at small batches, and '
+     'replicas then agree with single runs to rounding.'),
+
+    ('eval.batch_size', 500, 'Images per evaluation batch (global).'),
+    ('eval.num_importance_samples', 0, 'K of the final importance-sampled log p(x) (5,000 for '
+     'published numbers); 0 skips it.'),
+    ('eval.importance_batch_size', 2, 'Images per call of the log p(x) estimate.'),
+    ('eval.importance_chunk_size', 500, 'Samples per chunk of K (a running logsumexp bounds the '
+     'memory).'),
+
+    ('sampling.num_samples', 64, 'Prior samples in samples.png.'),
+    ('sampling.temperature', 1.0, "Scales the prior's standard deviations when sampling."),
+    ('sampling.num_reconstructions', 32, 'Evaluation images (and their reconstructions) in '
+     'reconstructions.png.'),
+
+    ('logging.tensorboard', True, 'Write TensorBoard events under WORKDIR/tensorboard.'),
+
+    ('resume.allow_config_change', False, 'Resume a workdir whose saved config differs in a '
+     'field that changes what is trained (the differences are printed as warnings).'),
+)
+
+SECTIONS = {
+    'data': 'What is trained on.',
+    'model': 'p(z), q(z | x) and p(x | z).',
+    'objective': 'What the step maximises.',
+    'optimizer': 'How the parameters move.',
+    'train': 'The loop.',
+    'eval': 'Evaluations during and after training.',
+    'sampling': 'The pictures.',
+    'logging': 'Where the numbers go.',
+    'resume': 'Starting again in a workdir that has checkpoints.',
+}
+
+
 def default_config() -> ml_collections.ConfigDict:
   """The defaults every experiment config starts from (a small MLP VAE)."""
   c = ml_collections.ConfigDict()
-  c.seed = 0
-
-  c.data = ml_collections.ConfigDict()
-  c.data.name = 'embedded_mnist'
-  c.data.data_dir = ''  # '' -> $TFDS_DATA_DIR, else TFDS's default.
-  c.data.binarization = 'dynamic'
-  c.data.train_split = 'train'
-  c.data.eval_split = 'test'
-  c.data.download = True
-
-  c.model = ml_collections.ConfigDict()
-  c.model.architecture = 'mlp'
-  c.model.hidden = (400,)
-  c.model.conv_features = (32, 64)
-  c.model.latent_dim = 20  # Of z_1, the bottom (or only) stochastic layer.
-  # Stochastic layers above z_1, bottom-up (Burda et al. 2015's two layers: (50,)),
-  # and the deterministic widths between z_l and z_{l+1}, one tuple per layer.
-  c.model.upper_latent_dims = ()
-  c.model.upper_hidden = ()
-  c.model.activation = 'relu'
-  # bernoulli (binary data), gaussian (dequantised: log p(x) in discrete units),
-  # discretized_logistic, logistic_mixture (num_mixtures components per pixel,
-  # Salimans et al. 2017; channel-autoregressive for colour).
-  c.model.likelihood = 'bernoulli'
-  c.model.num_mixtures = 10
-  # p(z) of the top layer: standard_normal, mixture (prior_components learned
-  # Gaussians) or vamp (Tomczak & Welling 2018: prior_components pseudo-inputs).
-  c.model.prior = 'standard_normal'
-  c.model.prior_components = 500
-  # q(z_1 | x): gaussian, or iaf (Kingma et al. 2016): iaf_steps MADE steps of
-  # widths iaf_hidden on the Gaussian, reading an iaf_context_dim context.
-  c.model.posterior = 'gaussian'
-  c.model.iaf_steps = 2
-  c.model.iaf_hidden = (320, 320)
-  c.model.iaf_context_dim = 100
-  # Conditional VAE (Sohn et al. 2015): the label joins the encoder's and the
-  # decoder's inputs; class_conditional_prior also learns p(z | y).
-  c.model.conditional = False
-  c.model.class_conditional_prior = False
-  # A top-down hierarchy (Ladder VAE, NVAE, VDVAE) in place of the layers above:
-  # hierarchy='top_down' with `groups` the latent size of each stochastic group,
-  # bottom-up: dense latents with MLP blocks for architecture 'mlp' (LVAE on
-  # MNIST: (64, 32, 16, 8, 4)); latent channels at `group_resolutions` (one per
-  # group, e.g. (28, 14, 14, 7, 1)) with bottleneck ResNet blocks for 'conv'.
-  # state_width: the top-down state (units or channels); block_hidden: the
-  # blocks' inner width; encoder_blocks: bottom-up blocks per group (dense) or
-  # per resolution (spatial); merge: q from the state and the bottom-up features,
-  # 'residual' (NVAE, relative to the prior) or 'precision' (LVAE's
-  # precision-weighted merge); scale: 'softplus' or 'exp' of the raw std;
-  # scan_groups: identical consecutive groups compile once (nn.scan); remat:
-  # recompute each group's activations in the backward pass.
-  c.model.hierarchy = 'bottom_up'
-  c.model.groups = ()
-  c.model.group_resolutions = ()
-  c.model.state_width = 256
-  c.model.block_hidden = 128
-  c.model.encoder_blocks = 1
-  c.model.merge = 'residual'
-  c.model.scale = 'softplus'
-  c.model.scan_groups = True
-  c.model.remat = False
-
-  c.objective = ml_collections.ConfigDict()
-  c.objective.name = 'elbo'
-  c.objective.beta = 1.0
-  c.objective.kl_warmup_steps = 0
-  c.objective.free_bits = 0.0
-  c.objective.num_samples = 1  # k of the IWAE bound.
-
-  c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.name = 'adam'
-  c.optimizer.learning_rate = 1e-3
-  c.optimizer.schedule = 'constant'
-  c.optimizer.warmup_steps = 0
-  c.optimizer.weight_decay = 0.0
-  c.optimizer.grad_clip_norm = 0.0  # 0 -> no clipping.
-  # VDVAE's skip: an update whose gradient norm (before clipping) exceeds this is
-  # not applied, and counted in the logs (`skipped`); 0 -> never skip.
-  c.optimizer.skip_threshold = 0.0
-  # Evaluation and samples use an exponential moving average of the parameters
-  # with this decay (VDVAE: 0.9999), kept in the checkpoints; 0 -> the parameters.
-  c.optimizer.ema_decay = 0.0
-  c.optimizer.b1 = 0.9
-  c.optimizer.b2 = 0.999
-  c.optimizer.eps = 1e-8
-
-  c.train = ml_collections.ConfigDict()
-  c.train.batch_size = 128
-  c.train.num_epochs = 0.0  # > 0 overrides num_steps.
-  c.train.num_steps = 10_000
-  c.train.steps_per_call = 10
-  c.train.log_every_steps = 500
-  c.train.eval_every_steps = 2_500
-  c.train.checkpoint_every_steps = 2_500
-  c.train.max_checkpoints_to_keep = 3
-  c.train.nan_policy = 'stop'
-  c.train.max_consecutive_nonfinite = 10
-  # > 1: that many seeds (config.seed, config.seed + 1, ...) trained at once,
-  # vmapped in one program; each replica keeps its own dir DIR/seed_<seed>.
-  c.train.num_seeds = 1
-  # On CPU, compile the step so that a vmapped replica is bit-identical to the
-  # one-seed run (see train.step_compiler_options); False is a little faster
-  # at small batches, and replicas then agree with single runs to rounding.
-  c.train.exact_replicas = True
-
-  c.eval = ml_collections.ConfigDict()
-  c.eval.batch_size = 500
-  c.eval.num_importance_samples = 0  # K of the final log p(x) estimate; 0 skips it.
-  c.eval.importance_batch_size = 2
-  c.eval.importance_chunk_size = 500
-
-  c.sampling = ml_collections.ConfigDict()
-  c.sampling.num_samples = 64
-  c.sampling.temperature = 1.0
-  c.sampling.num_reconstructions = 32
-
-  c.logging = ml_collections.ConfigDict()
-  c.logging.tensorboard = True
-
-  c.resume = ml_collections.ConfigDict()
-  c.resume.allow_config_change = False
+  for name, default, _ in FIELDS:
+    *sections, leaf = name.split('.')
+    node = c
+    for section in sections:
+      if section not in node:
+        node[section] = ml_collections.ConfigDict()
+      node = node[section]
+    node[leaf] = default
   return c
+
+
+def reference() -> str:
+  """docs/config.md: every field, its default and what it does, by section."""
+  lines = ['# Config reference', '',
+           'Every field of `vae_jax.config.default_config()`, which every file in configs/ '
+           'starts from. Set any of them on the command line: `--config.train.num_steps=500`. '
+           'Fields marked *resumable* may change when a run is resumed; any other change is '
+           'refused unless `resume.allow_config_change` is set.', '',
+           'Generated from `vae_jax/config.py` by `python -m vae_jax.config > docs/config.md`.',
+           '']
+  section = None
+  for name, default, doc in FIELDS:
+    head = name.split('.')[0] if '.' in name else ''
+    if head != section:
+      if section is not None:
+        lines.append('')
+      section = head
+      title = head or 'top level'
+      lines += [f'## {title}', '']
+      if head in SECTIONS:
+        lines += [SECTIONS[head], '']
+      lines += ['| field | default | |', '|---|---|---|']
+    resumable = any(name == p or (p.endswith('.') and name.startswith(p))
+                    for p in RESUMABLE_PREFIXES)
+    note = ' *resumable*' if resumable else ''
+    text = doc.replace('|', '\\|')
+    lines.append(f'| `{name}` | `{default!r}` | {text}{note} |')
+  return '\n'.join(lines) + '\n'
 
 
 def _check(ok, field, message):
@@ -281,8 +345,8 @@ def validate(config, num_devices=None):
          "'bernoulli' needs binary data (data.binarization 'static' or 'dynamic')")
   try:
     models.validate_config(config.model, has_labels=data.has_labels(config.data.name),
-                           channels=3 if config.data.name == 'cifar10' else 1,
-                           image_size=32 if config.data.name == 'cifar10' else 28)
+                           channels=data.IMAGE_SHAPES[config.data.name][-1],
+                           image_size=data.IMAGE_SHAPES[config.data.name][0])
   except models.ModelConfigError as e:
     raise ConfigError(str(e)) from None
 
@@ -367,3 +431,7 @@ def differing_fields(saved: dict, current: dict, ignore=RESUMABLE_PREFIXES):
     if old.get(name, '<missing>') != new.get(name, '<missing>'):
       diffs.append(f'{name}: {old.get(name, "<missing>")!r} -> {new.get(name, "<missing>")!r}')
   return diffs
+
+
+if __name__ == '__main__':
+  print(reference(), end='')

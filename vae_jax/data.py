@@ -42,6 +42,11 @@ BINARIZATIONS = ('static', 'dynamic', 'none')
 # config validation can ask without reading any data (`load` checks the labels).
 NUM_CLASSES = {'embedded_mnist': 10, 'mnist': 10, 'fashion_mnist': 10, 'cifar10': 10}
 
+# Each dataset's image shape [H, W, C], known without reading it (config
+# validation checks a model against it).
+IMAGE_SHAPES = {'embedded_mnist': (28, 28, 1), 'binarized_mnist': (28, 28, 1),
+                'mnist': (28, 28, 1), 'fashion_mnist': (28, 28, 1), 'cifar10': (32, 32, 3)}
+
 # binarized_mnist is already a fixed 0/1 draw (Larochelle & Murray, 2011), and
 # a Bernoulli per colour channel is not a sensible model of CIFAR-10.
 _ALLOWED_BINARIZATIONS = {
@@ -140,6 +145,10 @@ def load(data_config) -> Dataset:
       _prepare_if_missing(name, data_dir)
     train, train_labels = _tfds_split(name, data_dir, data_config.train_split, binarization)
     evaluation, eval_labels = _tfds_split(name, data_dir, data_config.eval_split, binarization)
+  for split, images in ((data_config.train_split, train), (data_config.eval_split, evaluation)):
+    if tuple(images.shape[1:]) != IMAGE_SHAPES[name]:
+      raise DatasetError(f'dataset {name!r}: split {split!r} has images of shape '
+                         f'{tuple(images.shape[1:])}, not {IMAGE_SHAPES[name]}')
   return Dataset(name, train, evaluation, binarization, train_labels, eval_labels)
 
 

@@ -6,6 +6,8 @@ import jax
 import optax
 
 BURDA_STAGE_DECAY = 10 ** (-1 / 7)
+OPTIMIZERS = ('adam', 'adamw', 'adagrad', 'sgd')
+SCHEDULES = ('constant', 'cosine', 'warmup_cosine', 'burda', 'burda_equal')
 
 
 def burda_schedule(learning_rate, num_steps, growth=3, num_stages=8):

@@ -6,8 +6,8 @@ Any workdirs: ordinary runs, sweep points, seed replicas (`DIR/seed_N`); a
 multi-seed workdir stands for its replicas. The table has one row per run: the
 config fields in which the runs differ (the rest is the same for all), the
 final held-out value of `--metric` (final_metrics.json), log p(x) and active
-units from the newest `evaluate_workdir` JSON with the most samples when there
-is one, the last step and the time spent training (each log interval's steps at
+units from the `evaluate_workdir` JSON of the most images and samples when
+there is one, the last step and the time spent training (each log interval's steps at
 its logged rate: the gaps of a stopped and resumed run do not count).
 `--output` gets the metric's curves, train and eval, against steps and against
 epochs, one colour per run; titles and labels come from the runs. Nothing in
@@ -31,38 +31,13 @@ _METRIC = flags.DEFINE_string('metric', 'elbo', 'The metric of the table and the
 _OUTPUT = flags.DEFINE_string('output', '', 'PNG of the curves (none without it).')
 
 
-def expand(workdirs):
-  """The runs behind the arguments: a multi-seed workdir becomes its seed_* replicas."""
-  runs = []
-  for workdir in workdirs:
-    replicas = sorted(glob.glob(os.path.join(workdir, 'seed_*')),
-                      key=lambda p: int(p.rsplit('_', 1)[1]) if p.rsplit('_', 1)[1].isdigit() else 0)
-    replicas = [r for r in replicas if os.path.exists(os.path.join(r, workdir_lib.CONFIG_FILE))]
-    runs += replicas or [workdir]
-  return runs
-
-
-def _newest_evaluation(workdir):
-  """The evaluate_workdir JSON with the most importance samples (then the newest), or None."""
-  found = []
-  for path in glob.glob(os.path.join(workdir, 'eval_*_k*.json')):
-    try:
-      found.append((workdir_lib.read_json(path), os.path.getmtime(path)))
-    except (OSError, ValueError):
-      continue
-  found = [(r, t) for r, t in found if isinstance(r, dict) and 'log_px' in r]
-  if not found:
-    return None
-  return max(found, key=lambda rt: (rt[0].get('num_samples', 0), rt[1]))[0]
-
-
 def summarise(workdir, metric):
   """One run's row: its config (flattened), final metric, log p(x), units, step, wall time."""
   config = workdir_lib.load_config(workdir)  # WorkdirError for anything else.
   records = vlog.read_metrics(workdir)
   final_path = os.path.join(workdir, 'final_metrics.json')
   final = workdir_lib.read_json(final_path) if os.path.exists(final_path) else {}
-  evaluation = _newest_evaluation(workdir)
+  evaluation = workdir_lib.newest_evaluation(workdir)
   return {
       'run': workdir,
       'config': config_lib.flatten(config.to_dict()),
@@ -162,7 +137,7 @@ def main(argv):
           file=sys.stderr, flush=True)
     sys.exit(1)
   try:
-    rows = [summarise(w, _METRIC.value) for w in expand(workdirs)]
+    rows = [summarise(w, _METRIC.value) for w in workdir_lib.runs_of(workdirs)]
     if _OUTPUT.value:
       workdir_lib.check_writable(_OUTPUT.value)
   except (workdir_lib.WorkdirError, workdir_lib.FlagError) as e:

@@ -10,7 +10,7 @@ A sweep file sits beside its experiment and defines
 `scripts/sweep.py` expands it and runs each point as its own
 `python -m vae_jax.main` process (resumable: finished points are skipped,
 interrupted ones resume from their checkpoints); `scripts/aggregate.py` collects
-the workdirs into one CSV and plots.
+the workdirs (a sweep's, or any runs') into one CSV and plots.
 """
 
 import hashlib
@@ -23,6 +23,9 @@ import re
 import sys
 
 FINAL_METRICS = 'final_metrics.json'
+# The fields of an evaluate_workdir result a row carries, as eval_<field>.
+EVALUATION_COLUMNS = ('split', 'num_samples', 'num_images', 'step', 'log_px', 'bits_per_dim',
+                      'elbo', 'active_units')
 
 
 def grid(axes: dict) -> list:
@@ -164,6 +167,25 @@ def collect(sweep_dir) -> list:
   return rows
 
 
+def collect_workdirs(workdirs) -> list:
+  """One row per finished run among any workdirs (ordinary runs, sweep points, replicas).
+
+  Like `collect`, with the config fields in which the runs differ standing for
+  the swept ones; a multi-seed workdir gives one row per replica. 'point' is
+  the workdir's path as given (a replica's: the path of its seed_* directory).
+  """
+  from vae_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from vae_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  runs = [r for r in workdir_lib.runs_of(workdirs) if is_finished(r)]
+  configs = {r: config_lib.flatten(workdir_lib.load_config(r).to_dict()) for r in runs}
+  names = sorted(set().union(*configs.values())) if configs else []
+  differing = [n for n in names
+               if len({json.dumps(c.get(n), default=str) for c in configs.values()}) > 1]
+  rows = [_row(r, {'point': r, **{n: configs[r].get(n) for n in differing}}, _read_final(r))
+          for r in runs]
+  return sorted(rows, key=lambda row: (_natural_key((n, row[n]) for n in differing), row['point']))
+
+
 def _read_final(workdir):
   with open(os.path.join(workdir, FINAL_METRICS), encoding='utf-8') as f:
     return json.load(f)
@@ -171,12 +193,16 @@ def _read_final(workdir):
 
 def _row(workdir, row, final):
   from vae_jax import logging as vlog  # pylint: disable=g-import-not-at-top
+  from vae_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   row = dict(row)
   row.update({f'final_{k}': v for k, v in final.items() if not isinstance(v, (list, dict))})
   evals = [r for r in vlog.read_metrics(workdir, 'eval') if 'elbo' in r]
   if evals:
     best = max(evals, key=lambda r: r['elbo'])
     row.update(best_elbo=best['elbo'], best_step=best['step'])
+  evaluation = workdir_lib.newest_evaluation(workdir)
+  if evaluation:  # What evaluate_workdir measured: log p(x) with K samples, active units.
+    row.update({f'eval_{k}': evaluation[k] for k in EVALUATION_COLUMNS if k in evaluation})
   return row
 
 
@@ -206,7 +232,8 @@ def group_over_seeds(rows, metrics) -> list:
   groups = {}
   for row in rows:
     key = tuple((k, str(v)) for k, v in row.items()
-                if k not in ('point', 'seed', 'best_step') and not k.startswith(('final_', 'best_')))
+                if k not in ('point', 'seed', 'best_step')
+                and not k.startswith(('final_', 'best_', 'eval_')))
     groups.setdefault(key, []).append(row)
   out = []
   for key in sorted(groups, key=_natural_key):

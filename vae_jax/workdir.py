@@ -7,6 +7,7 @@ JSON data, never executed, and a resumed run must agree with it.
 import contextlib
 import datetime
 import fcntl
+import glob
 import importlib.metadata
 import json
 import os
@@ -90,6 +91,33 @@ def write_json(path, obj):
 def read_json(path):
   with open(path, encoding='utf-8') as f:
     return json.load(f)
+
+
+def runs_of(workdirs):
+  """The runs behind some workdirs: a multi-seed workdir becomes its seed_* replicas."""
+  runs = []
+  for workdir in workdirs:
+    replicas = sorted(glob.glob(os.path.join(workdir, 'seed_*')),
+                      key=lambda p: int(p.rsplit('_', 1)[1]) if p.rsplit('_', 1)[1].isdigit() else 0)
+    replicas = [r for r in replicas if os.path.exists(os.path.join(r, CONFIG_FILE))]
+    runs += replicas or [workdir]
+  return runs
+
+
+def newest_evaluation(workdir):
+  """The evaluate_workdir JSON (eval_SPLIT_kK*.json) of the most images, then the most
+  importance samples, then the newest; None when the workdir has none."""
+  found = []
+  for path in glob.glob(os.path.join(workdir, 'eval_*_k*.json')):
+    try:
+      found.append((read_json(path), os.path.getmtime(path)))
+    except (OSError, ValueError):
+      continue
+  found = [(r, t) for r, t in found if isinstance(r, dict) and 'log_px' in r]
+  if not found:
+    return None
+  return max(found, key=lambda rt: (rt[0].get('num_images', 0), rt[0].get('num_samples', 0),
+                                    rt[1]))[0]
 
 
 def load_config(workdir) -> ml_collections.ConfigDict:

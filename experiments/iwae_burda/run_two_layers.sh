@@ -36,6 +36,5 @@ done
 # The one-layer VAE of run.sh beside the two-layer runs, if its workdir is there.
 ONE_LAYER=()
 if [[ -d "$RUNS/iwae_vae_k1" ]]; then ONE_LAYER=("vae_k1_one_layer=$RUNS/iwae_vae_k1"); fi
-python "$(dirname "$0")/plot.py" --out="$HERE" --tag=_two_layers --ymin=-130 \
-    --title='binarized_mnist (static), two stochastic layers (100 + 50), batch 20' \
+python "$(dirname "$0")/plot.py" --out="$HERE" --tag=_two_layers \
     vae2_k1="$RUNS/iwae2_vae_k1" iwae2_k5="$RUNS/iwae2_k5" "${ONE_LAYER[@]}"

@@ -34,7 +34,6 @@ wait
 run iwae2_vae_e200_s1 objective=elbo,k=1,layers=2,epochs=200 --config.seed=1 &
 run iwae2_vae_e200_warmup_s1 objective=elbo,k=1,layers=2,epochs=200,warmup=50 --config.seed=1 &
 wait
-python "$(dirname "$0")/plot.py" --out="$HERE" --tag=_warmup --ymin=-130 \
-    --title='binarized_mnist (static), VAE, 200 epochs: KL warm-up (50 epochs) or none' \
+python "$(dirname "$0")/plot.py" --out="$HERE" --tag=_warmup \
     two_layers="$RUNS/iwae2_vae_e200" two_layers_warmup="$RUNS/iwae2_vae_e200_warmup" \
     one_layer="$RUNS/iwae1_vae_e200" one_layer_warmup="$RUNS/iwae1_vae_e200_warmup"

@@ -128,6 +128,7 @@ LONG = (
     'test_train.py::test_skip_policy_stops_after_bounded_run[inf]',  # 4 s
     'test_train.py::test_skip_policy_stops_after_bounded_run[nan]',  # 4 s
     'test_train.py::test_tfds_dataset_through_mock_data',  # 7 s
+    'test_trackers.py::test_wandb_and_mlflow_get_metrics_pictures_config_and_final_and_resume',  # 24 s
 )
 
 

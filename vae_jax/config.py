@@ -15,6 +15,7 @@ from vae_jax import models
 from vae_jax import objectives
 from vae_jax import optim
 from vae_jax import sharding
+from vae_jax import trackers
 
 DATASETS = data.DATASETS
 BINARIZATIONS = data.BINARIZATIONS
@@ -212,6 +213,11 @@ FIELDS = (
      'reconstructions.png.'),
 
     ('logging.tensorboard', True, 'Write TensorBoard events under WORKDIR/tensorboard.'),
+    ('logging.trackers', '', "Also send the metrics, pictures, config and final metrics to "
+     "experiment trackers: 'wandb', 'mlflow' or 'wandb,mlflow' (pip install -e .[trackers]); "
+     'where they go is their own setting (W&B login or WANDB_MODE=offline, '
+     'MLFLOW_TRACKING_URI). A resumed run continues the same tracker run.'),
+    ('logging.project', 'vae_jax', 'The W&B project and the MLflow experiment of the run.'),
 
     ('resume.allow_config_change', False, 'Resume a workdir whose saved config differs in a '
      'field that changes what is trained (the differences are printed as warnings).'),
@@ -390,6 +396,10 @@ def validate(config, num_devices=None):
   _positive(config, 'eval.num_importance_samples', allow_zero=True)
   _check(_number(config, 'sampling.temperature') > 0, 'sampling.temperature', 'must be > 0')
   _choice(config, 'train.nan_policy', NAN_POLICIES)
+  _check(trackers.problem(_get(config, 'logging.trackers')) is None, 'logging.trackers',
+         str(trackers.problem(config.logging.trackers)))
+  _check(isinstance(_get(config, 'logging.project'), str) and config.logging.project.strip(),
+         'logging.project', f'must be a non-empty name, got {config.logging.project!r}')
   _check(isinstance(config.train.exact_replicas, bool), 'train.exact_replicas',
          f'expected True or False, got {config.train.exact_replicas!r}')
   per_call = config.train.steps_per_call

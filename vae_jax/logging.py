@@ -1,7 +1,8 @@
-"""Where numbers and pictures go: JSON lines, TensorBoard events, PNG grids.
+"""Where numbers and pictures go: JSON lines, TensorBoard events, PNG grids, trackers.
 
 Only process 0 writes; the writer is a no-op elsewhere. TensorBoard events are
-written with tensorboardX, which needs no TensorFlow.
+written with tensorboardX, which needs no TensorFlow; W&B and MLflow, when
+`logging.trackers` names them, through vae_jax.trackers.
 """
 
 import json
@@ -15,18 +16,29 @@ from PIL import Image
 METRICS_FILE = 'metrics.jsonl'
 # Sizes and positions, not measurements: kept in metrics.jsonl, not drawn as TensorBoard curves.
 COUNTS = ('num_samples', 'num_images', 'epoch')
+SIZES = ('num_samples', 'num_images')  # Not sent to trackers either (the epoch is).
 PNG_SCALE = 2  # Grids are enlarged this many times (nearest) for viewing, on disk and in TensorBoard.
 
 
 class MetricWriter:
   """Appends {'step': s, 'split': ..., **metrics} lines and TensorBoard scalars."""
 
-  def __init__(self, workdir, *, enabled=True, tensorboard=True):
+  def __init__(self, workdir, *, enabled=True, tensorboard=True, trackers=(), project='vae_jax',
+               run_name=None, config=None):
+    """`trackers`: names of vae_jax.trackers ('wandb', 'mlflow') that get every metric,
+    picture and the final summary too, as run `run_name` of `project`, with the
+    flattened `config` as its parameters."""
     self._enabled = enabled
     self._jsonl = None
     self._tb = None
+    self._trackers = None
     if not enabled:
       return
+    if trackers:
+      from vae_jax import trackers as trackers_lib  # pylint: disable=g-import-not-at-top
+      self._trackers = trackers_lib.Trackers(
+          trackers, workdir, project=project, config=config or {},
+          run_name=run_name or os.path.basename(os.path.normpath(workdir)))
     self._jsonl = open(os.path.join(workdir, METRICS_FILE), 'a', encoding='utf-8')
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
@@ -43,11 +55,16 @@ class MetricWriter:
       for name, value in metrics.items():
         if np.ndim(value) == 0 and name not in COUNTS:
           self._tb.add_scalar(f'{split}/{name}', float(value), int(step))
+    if self._trackers is not None:  # The epoch too: a tracker can plot against it.
+      self._trackers.log(step, split, {k: float(v) for k, v in metrics.items()
+                                       if np.ndim(v) == 0 and k not in SIZES})
 
   def write_image(self, step, name, grid):
     """A uint8 [H, W, C] grid, at the resolution of its PNG."""
     if self._tb is not None:
       self._tb.add_image(name, enlarge(grid), int(step), dataformats='HWC')
+    if self._trackers is not None:
+      self._trackers.image(step, name, enlarge(grid))
 
   def write_hparams(self, hparams, metrics, step):
     """The run's config fields and final metrics, for TensorBoard's HParams dashboard."""
@@ -63,8 +80,14 @@ class MetricWriter:
         self._tb.file_writer.add_summary(summary)
       for name, value in final.items():
         self._tb.add_scalar(name, value, int(step))
+    if self._trackers is not None:
+      self._trackers.final(hparams, {k: float(v) for k, v in metrics.items()
+                                     if np.ndim(v) == 0 and k not in COUNTS}, step)
 
   def close(self):
+    if self._trackers is not None:
+      self._trackers.close()
+      self._trackers = None
     if self._jsonl is not None:
       self._jsonl.close()
     if self._tb is not None:

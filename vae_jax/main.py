@@ -37,6 +37,7 @@ from vae_jax import config as config_lib
 from vae_jax import data
 from vae_jax import logging as vlog
 from vae_jax import sharding
+from vae_jax import trackers
 from vae_jax import train
 from vae_jax import workdir as workdir_lib
 
@@ -48,7 +49,8 @@ sharding.define_flags()
 
 # Failures the user can fix: one clear line, no traceback.
 USER_ERRORS = (config_lib.ConfigError, workdir_lib.WorkdirError, data.DatasetError,
-               checkpoint.CheckpointError, train.NonFiniteError, sharding.DistributedError)
+               checkpoint.CheckpointError, train.NonFiniteError, sharding.DistributedError,
+               trackers.TrackerError)
 
 
 def main(argv):

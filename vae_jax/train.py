@@ -30,6 +30,7 @@ from vae_jax import objectives
 from vae_jax import optim
 from vae_jax import sampling
 from vae_jax import sharding
+from vae_jax import trackers
 from vae_jax import workdir as workdir_lib
 
 
@@ -419,7 +420,12 @@ class Trainer:
         'is intended, pass --config.resume.allow_config_change=True.'))
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), identity=identity,
                                    max_to_keep=c.train.max_checkpoints_to_keep)
-    writer = vlog.MetricWriter(workdir, enabled=self.main, tensorboard=c.logging.tensorboard)
+    run_name = os.path.basename(os.path.normpath(self.workdir))
+    writer = vlog.MetricWriter(
+        workdir, enabled=self.main, tensorboard=c.logging.tensorboard,
+        trackers=trackers.parse(c.logging.trackers), project=c.logging.project,
+        run_name=f'{run_name}/seed_{seed}' if self.multi else run_name,
+        config=config_lib.flatten(single.to_dict()))
     dequantize = self.exp.model.likelihood.dequantize
     return Replica(seed, workdir, root_keys(seed),
                    data.fixed_eval_images(self.exp.dataset, seed, dequantize=dequantize),

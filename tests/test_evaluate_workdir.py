@@ -1,6 +1,8 @@
 """evaluate_workdir: a trained workdir in, a JSON of held-out numbers out."""
 
+import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -9,6 +11,7 @@ import numpy as np
 import pytest
 
 from vae_jax import evaluate_workdir
+from vae_jax import logging as vlog
 from vae_jax import train
 from vae_jax import workdir as workdir_lib
 
@@ -63,3 +66,35 @@ def test_cli_on_a_non_workdir_is_a_clear_error(tmp_path):
        '--num_samples=5'], cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 1
   assert result.stderr.startswith('error: ')
+
+
+def test_a_status_line_names_each_stage_before_the_estimate_and_warnings_go_above_it(
+    trained, tmp_path, capsys):
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  handler = absl_logging.get_absl_handler().python_handler
+  stream = handler.stream
+  evaluate_workdir.evaluate_workdir(trained, 'test', num_samples=4, num_images=4,
+                                    output=str(tmp_path / 'e.json'))
+  err = capsys.readouterr().err
+  stages = ['evaluate_workdir: starting', 'evaluate_workdir: loading the data (1/3)',
+            'evaluate_workdir: restoring the checkpoint (2/3)',
+            'evaluate_workdir: reading the test split (3/3)', 'log p(x), K=4',
+            'evaluate_workdir: the ELBO (1/3)', 'evaluate_workdir: active units (2/3)',
+            'evaluate_workdir: KL per layer (3/3)']
+  positions = [err.find(stage) for stage in stages]
+  assert -1 not in positions and positions == sorted(positions), (positions, err)
+  assert handler.stream is stream  # Given back.
+
+  # A warning logged under a status line is written above it, on a line of its own.
+  handler.stream = io.StringIO()
+  try:
+    with vlog.Stages('tool', 1) as status:
+      status.start('working')
+      # As absl's handler emits once flags are parsed (before, it writes to sys.stderr).
+      logging.StreamHandler.emit(handler, logging.LogRecord(
+          'absl', logging.WARNING, __file__, 1, 'something to say', None, None))
+    assert handler.stream.getvalue().endswith('something to say\n')
+    assert 'tool: working' not in handler.stream.getvalue()
+  finally:
+    handler.stream = stream
+  assert 'tool: working (1/1)' in capsys.readouterr().err

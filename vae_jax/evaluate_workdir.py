@@ -7,7 +7,8 @@ writes DIR/eval_test_k5000.json: the importance-sampled log p(x) with K samples
 (Burda et al. 2015, sec. 5) and its bits/dim, the single-sample ELBO and its
 terms, active units (in all and per stochastic layer) and the KL of each
 latent, the checkpoint step and epoch, and the wall time of the evaluation. A
-tqdm bar follows the K-sample estimate.
+status line names each stage from the start (loading the data, restoring the
+checkpoint), and a tqdm bar follows the K-sample estimate.
 """
 
 import dataclasses
@@ -85,9 +86,11 @@ def evaluate_workdir(workdir, split='test', num_samples=5000, num_images=0, step
   path = workdir_lib.check_writable(
       output or output_path(workdir, split, num_samples, num_images),
       '' if output else ' (pass --output=FILE to write elsewhere)')
-  exp, params, step = generate.load_trained(workdir, step)
-  config, model, key = exp.config, exp.model, exp.keys['eval']
-  images, labels = split_images(config, exp.dataset, split, model.likelihood.dequantize)
+  with vlog.Stages('evaluate_workdir', 3, enabled=progress) as stages:
+    exp, params, step = generate.load_trained(workdir, step, stages)
+    config, model, key = exp.config, exp.model, exp.keys['eval']
+    stages.start(f'reading the {split} split')
+    images, labels = split_images(config, exp.dataset, split, model.likelihood.dequantize)
   labels = train.labels_of(exp, labels)
   if num_images > len(images):
     raise workdir_lib.FlagError(
@@ -103,15 +106,19 @@ def evaluate_workdir(workdir, split='test', num_samples=5000, num_images=0, step
   results.update(evaluate.evaluate_log_likelihood(
       model, params, images, key, num_samples=num_samples, batch_size=batch_size,
       chunk_size=chunk_size, progress=progress, labels=labels))
-  results.update(evaluate.evaluate_elbo(model, params, images, key, batch_size=batch,
-                                        labels=labels))
-  # Draws above z_1 of a hierarchical model: a key of their own, split off (the
-  # images' log p(x) keys are fold_in(key, n)).
-  posterior_key = jax.random.split(key)[1]
-  results.update(evaluate.active_units(model, params, images, batch_size=batch,
-                                       key=posterior_key, labels=labels))
-  kl = evaluate.kl_per_layer(model, params, images, batch_size=batch, key=posterior_key,
-                             labels=labels)
+  with vlog.Stages('evaluate_workdir', 3, enabled=progress) as stages:
+    stages.start('the ELBO')
+    results.update(evaluate.evaluate_elbo(model, params, images, key, batch_size=batch,
+                                          labels=labels))
+    # Draws above z_1 of a hierarchical model: a key of their own, split off (the
+    # images' log p(x) keys are fold_in(key, n)).
+    posterior_key = jax.random.split(key)[1]
+    stages.start('active units')
+    results.update(evaluate.active_units(model, params, images, batch_size=batch,
+                                         key=posterior_key, labels=labels))
+    stages.start('KL per layer')
+    kl = evaluate.kl_per_layer(model, params, images, batch_size=batch, key=posterior_key,
+                               labels=labels)
   results['kl_per_dim'] = np.concatenate(kl).tolist()
   results['kl_per_layer'] = [float(np.sum(k)) for k in kl]
   results['wall_time_s'] = time.perf_counter() - start

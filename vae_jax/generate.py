@@ -56,10 +56,11 @@ def _define_flags():
   flags.mark_flag_as_required('workdir')
 
 
-def load_trained(workdir, step=None):
+def load_trained(workdir, step=None, stages=None):
   """(experiment, params, step) of a workdir, from its config.json and a checkpoint.
 
   The params are what the run evaluated: the moving average with optimizer.ema_decay > 0.
+  `stages` (a logging.Stages) is told when the data and the checkpoint are read.
   """
   config = workdir_lib.load_config(workdir)
   try:
@@ -77,8 +78,12 @@ def load_trained(workdir, step=None):
   checkpoints = os.path.join(workdir, 'checkpoints')
   if not os.path.isdir(checkpoints):  # Checkpointer would create it.
     raise workdir_lib.WorkdirError(f'{workdir} has no checkpoints/ directory')
+  if stages is not None:
+    stages.start('loading the data')
   exp = train.build_experiment(config)
-  target = train.init_state(exp).to_dict()
+  if stages is not None:
+    stages.start('restoring the checkpoint')
+  target = train.abstract_state(exp, jax.sharding.SingleDeviceSharding(jax.devices()[0])).to_dict()
   identity = workdir_lib.run_identity(config, hint=(
       f'{os.path.join(workdir, workdir_lib.CONFIG_FILE)} is not the config it was trained '
       'with: evaluate it in the workdir it came from.'))

@@ -178,3 +178,61 @@ def progress_line(step, num_steps, metrics, steps_per_sec, batch_size, steps_per
 def info(message):
   """One console line, flushed at once (so tail -f and CI logs see it)."""
   print(message, flush=True)
+
+
+class Stages:
+  """A status line over a tool's named stages, shown from its first moment and
+  ticking every second: 'evaluate_workdir: loading the data (2/3) 0m12s'.
+
+  For the seconds before a tool's own progress bar (reading data, restoring a
+  checkpoint, compiling), which otherwise pass in silence.
+  """
+
+  def __init__(self, tool, num_stages, enabled=True):
+    import threading  # pylint: disable=g-import-not-at-top
+    import tqdm  # pylint: disable=g-import-not-at-top
+    from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+    self._tool, self._total, self._done = tool, num_stages, 0
+    self._bar = tqdm.tqdm(total=num_stages, disable=not enabled, leave=False,
+                          desc=f'{tool}: starting', bar_format='{desc} {elapsed}')
+    self._stop = threading.Event()
+    # Warnings logged meanwhile go above the line, not into it.
+    self._handler = absl_logging.get_absl_handler().python_handler
+    self._stream = self._handler.stream
+    if enabled:
+      self._handler.stream = _AboveBars(tqdm.tqdm, self._stream)
+      threading.Thread(target=self._tick, daemon=True).start()
+
+  def _tick(self):
+    while not self._stop.wait(1.0):
+      self._bar.refresh()
+
+  def start(self, stage):
+    self._done += 1
+    self._bar.set_description_str(f'{self._tool}: {stage} ({self._done}/{self._total})')
+
+  def close(self):
+    self._stop.set()
+    self._bar.close()
+    self._handler.stream = self._stream
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+class _AboveBars:
+  """A stream for log handlers that writes through tqdm.write, above any live bar."""
+
+  def __init__(self, tqdm_class, stream):
+    self._tqdm, self._stream = tqdm_class, stream
+
+  def write(self, text):
+    if text.strip():
+      self._tqdm.write(text.rstrip('\n'), file=self._stream)
+
+  def flush(self):
+    self._stream.flush()
+

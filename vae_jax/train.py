@@ -113,6 +113,16 @@ def init_state(exp: Experiment, seed: int | None = None) -> TrainState:
   return TrainState(jnp.zeros((), jnp.int32), params, exp.tx.init(params))
 
 
+def abstract_state(exp: Experiment, sharding_=None) -> TrainState:
+  """The shapes and dtypes of `init_state` (jax.ShapeDtypeStructs with `sharding_`),
+  without running it: the target of a restore. Initialising a deep model op by op
+  takes tens of seconds (30 s for the five-group ladder here), tracing it well
+  under one."""
+  shapes = jax.eval_shape(lambda: init_state(exp))
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding_),
+                      shapes)
+
+
 # Several seeds in one program (config.train.num_seeds = S > 1): the replicas'
 # params and optimiser moments are stacked on a leading axis of size S and the
 # train step is `jax.vmap`ped over it. The step number and the optimiser's step
@@ -459,11 +469,16 @@ class Trainer:
         workdir_lib.record_versions(r.workdir)
 
   def initial_state(self):
-    """Each replica's latest restorable checkpoint (the newest step they share)."""
-    states = [init_state(self.exp, r.seed) for r in self.replicas]
-    targets = [sharding.put_replicated(s, self.mesh) for s in states]
-    restored = _restore_common_step(self.replicas, targets)
-    if restored is not None:
+    """Each replica's latest restorable checkpoint (the newest step they share), else
+    their step-0 states. A restore needs only the state's shapes, not its values."""
+    restored = None
+    if any(r.ckpt.all_steps() for r in self.replicas):
+      target = abstract_state(self.exp, sharding.replicated(self.mesh))
+      restored = _restore_common_step(self.replicas, [target] * len(self.replicas))
+    if restored is None:
+      states = [init_state(self.exp, r.seed) for r in self.replicas]
+      targets = [sharding.put_replicated(s, self.mesh) for s in states]
+    else:
       step, targets = restored
       for r in self.replicas:
         r.last_saved_step = step

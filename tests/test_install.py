@@ -17,8 +17,10 @@ from vae_jax import main as main_lib
 def test_pyproject_ships_the_package_and_the_configs_with_the_requirements():
   with open(os.path.join(ROOT, 'pyproject.toml'), 'rb') as f:
     project = tomllib.load(f)
-  assert project['project']['dynamic'] == ['dependencies']
-  assert project['tool']['setuptools']['dynamic']['dependencies'] == {'file': ['requirements.txt']}
+  assert project['project']['dynamic'] == ['dependencies', 'optional-dependencies']
+  dynamic = project['tool']['setuptools']['dynamic']
+  assert dynamic['dependencies'] == {'file': ['requirements.txt']}
+  assert dynamic['optional-dependencies'] == {'trackers': {'file': ['requirements-trackers.txt']}}
   assert set(project['tool']['setuptools']['packages']['find']['include']) == {
       'vae_jax', 'vae_jax.*', 'configs'}
   assert os.path.exists(os.path.join(ROOT, 'configs', '__init__.py'))
@@ -69,10 +71,9 @@ def test_trains_from_another_directory_with_configs_by_name_and_of_ones_own(tmp_
   env = dict(os.environ, PYTHONPATH=ROOT)
   for config, workdir, latent_dim in (('quickstart', 'by_name', 20), ('mine.py', 'own', 3)):
     overrides = [a for a in TINY if not a.startswith('--config.model.latent_dim')]
-    result = subprocess.run(
-        [sys.executable, '-m', 'vae_jax.main', f'--config={config}', f'--workdir={workdir}',
-         '--config.train.num_steps=10'] + overrides, cwd=tmp_path, env=env,
-        capture_output=True, text=True, timeout=300)
+    result = _run([sys.executable, '-m', 'vae_jax.main', f'--config={config}',
+                   f'--workdir={workdir}', '--config.train.num_steps=10'] + overrides,
+                  cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     saved = json.loads((tmp_path / workdir / 'config.json').read_text())
     assert saved['model']['latent_dim'] == latent_dim and saved['data']['name'] == 'embedded_mnist'
@@ -85,3 +86,35 @@ def test_trains_from_another_directory_with_configs_by_name_and_of_ones_own(tmp_
       head = subprocess.run(['git', '-C', ROOT, 'rev-parse', 'HEAD'], capture_output=True,
                             text=True, check=True).stdout.strip()
       assert launch['git_commit'] == head and isinstance(launch['git_dirty'], bool)
+    assert _noise(result.stderr) == [], result.stderr
+
+  # The user's run evaluates, compares with the other and shows in TensorBoard,
+  # from the same directory, with nothing on stderr but progress.
+  evaluated = _run([sys.executable, '-m', 'vae_jax.evaluate_workdir', '--workdir=own',
+                    '--num_samples=5', '--num_images=20'], cwd=tmp_path, env=env)
+  assert evaluated.returncode == 0, evaluated.stderr
+  assert _noise(evaluated.stderr) == [], evaluated.stderr
+  assert 'log p(x) K=5' in evaluated.stdout
+  compared = _run([sys.executable, '-m', 'vae_jax.compare', 'by_name', 'own',
+                   '--output=curves.png'], cwd=tmp_path, env=env)
+  assert compared.returncode == 0 and _noise(compared.stderr) == [], compared.stderr
+  table = compared.stdout.splitlines()
+  assert table[0].startswith('| run | model.latent_dim | final elbo | log p(x) (K=5) |'), table
+  assert table[3].startswith('| own | 3 |') and (tmp_path / 'curves.png').exists(), table
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  events = event_accumulator.EventAccumulator(str(tmp_path / 'own' / 'tensorboard'))
+  events.Reload()
+  assert 'eval/elbo' in events.Tags()['scalars'] and 'samples' in events.Tags()['images']
+
+
+def _run(argv, **kwargs):
+  """subprocess.run with the output decoded as is (text=True would turn \\r into \\n)."""
+  result = subprocess.run(argv, capture_output=True, timeout=300, **kwargs)
+  return subprocess.CompletedProcess(result.args, result.returncode, result.stdout.decode(),
+                                     result.stderr.decode())
+
+
+def _noise(stderr):
+  """The lines of stderr that are not progress (a bar or a status line redrawn with \\r)."""
+  return [line for line in stderr.split('\n')
+          if line.strip() and '\r' not in line and not line.startswith('warning: ')]

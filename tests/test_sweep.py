@@ -203,3 +203,36 @@ def test_interrupted_sweep_resumes(tmp_path):
   assert all(g['num_seeds'] == '4' for g in groups)
   assert (sweep_dir / 'learning_curves.png').exists()
   assert (sweep_dir / 'final_vs_objective.beta.png').exists()
+
+
+@pytest.mark.slow
+def test_submitit_launcher_runs_an_array_records_jobs_and_reruns_what_failed(tmp_path):
+  """The SLURM path (one job array, job ids in status.json, status kept current,
+  the same skip / resume / re-run semantics) on submitit's local executor."""
+  pytest.importorskip('submitit')
+  points = [{'train.num_steps': 10, 'seed': 0}, {'train.num_steps': 10, 'seed': 1},
+            {'train.num_steps': 10, 'seed': 2, 'model.latent_dim': 0}]
+  sweep_file = write_sweep_file(tmp_path / 'sweep.py', points)
+  sweep_dir = tmp_path / 'runs'
+  args = ('--launcher=submitit_local', '--poll_s=1')
+  first = run_sweep(sweep_file, sweep_dir, *args, env=compilation_cache_env(tmp_path / 'cache'))
+  assert first.returncode == 1, first.stdout + first.stderr
+  assert 'submitted 3 points (submitit_local)' in first.stdout, first.stdout
+  assert '[2/3 done, 1 failed' in first.stdout, first.stdout
+  status = json.loads((sweep_dir / 'status.json').read_text())
+  assert sorted(s['outcome'].split(' ')[0] for s in status.values()) == ['done', 'done', 'failed']
+  assert len({s['job_id'] for s in status.values()}) == 3
+  assert all(s['launcher'] == 'submitit_local' for s in status.values())
+  bad = next(n for n, s in status.items() if s['outcome'].startswith('failed'))
+  assert 'config.model.latent_dim' in (sweep_dir / 'logs' / f'{bad}.log').read_text()
+  for name, entry in status.items():
+    if entry['outcome'] == 'done':
+      assert (sweep_dir / name / 'final_metrics.json').exists()
+  # Again: the finished points are skipped, the failed one is submitted again.
+  second = run_sweep(sweep_file, sweep_dir, *args, env=compilation_cache_env(tmp_path / 'cache'))
+  assert '2 already done, 1 to run through submitit' in second.stdout, second.stdout
+  assert 'submitted 1 points' in second.stdout and second.returncode == 1
+  again = json.loads((sweep_dir / 'status.json').read_text())
+  assert again[bad]['job_id'] != status[bad]['job_id']
+  assert {n: s['job_id'] for n, s in again.items() if n != bad} == {
+      n: s['job_id'] for n, s in status.items() if n != bad}

@@ -112,6 +112,39 @@ def command(base_config, workdir, overrides, python=sys.executable):
           *override_flags(overrides)]
 
 
+class PointJob:
+  """One point's training as a submitit job: its command, output appended to its log.
+
+  A picklable callable (submitit runs it on the cluster node). SIGTERM (preemption,
+  scancel) and SIGUSR2 (submitit's warning before the time limit) reach the
+  training process as SIGTERM, so it saves a checkpoint and stops; running the
+  sweep again resumes it. Returns the training process's exit status.
+  """
+
+  def __init__(self, command, log_path, cwd):
+    self.command, self.log_path, self.cwd = list(command), log_path, cwd
+
+  def __call__(self):
+    import signal  # pylint: disable=g-import-not-at-top
+    import subprocess  # pylint: disable=g-import-not-at-top
+    with open(self.log_path, 'a', encoding='utf-8') as log:
+      proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, cwd=self.cwd)
+      forward = lambda signum, frame: proc.send_signal(signal.SIGTERM)
+      for signum in (signal.SIGTERM, signal.SIGUSR2):
+        signal.signal(signum, forward)
+      return proc.wait()
+
+
+def outcome(returncode, workdir, log_path) -> str:
+  """'done', 'interrupted' (stopped by a signal after saving) or 'failed (...)'."""
+  if returncode == 0 and is_finished(workdir):
+    return 'done'
+  # 130: Ctrl-C at the terminal reaches the points too; they save and stop.
+  if returncode in (0, 130):
+    return 'interrupted'
+  return f'failed (exit {returncode}, see {log_path})'
+
+
 def is_finished(workdir) -> bool:
   return os.path.exists(os.path.join(workdir, FINAL_METRICS))
 

@@ -164,16 +164,6 @@ def write_status(sweep_dir, status):
   os.replace(path + '.tmp', path)
 
 
-def _flatten(tree, prefix=''):
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f'{prefix}{key}.'))
-    else:
-      flat[f'{prefix}{key}'] = value
-  return flat
-
-
 def collect(sweep_dir) -> list:
   """One row per finished run: swept fields, final metrics, best eval ELBO.
 

@@ -24,9 +24,14 @@ import csv
 import json
 import os
 
+import sys
+
 import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
+from vae_jax import config as config_lib  # pylint: disable=g-import-not-at-top
 
 # Training images of the splits these studies use (for records older than the
 # 'epoch' field): binarized_mnist's train split.
@@ -43,16 +48,6 @@ def _files(source):
   return f'{source}_config.json', f'{source}_metrics.jsonl'
 
 
-def _flatten(tree, prefix=''):
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f'{prefix}{key}.'))
-    else:
-      flat[f'{prefix}{key}'] = value
-  return flat
-
-
 def read_run(name, source):
   """(flattened config, rows of curves.csv) of one run."""
   config_path, metrics_path = _files(source)
@@ -60,7 +55,7 @@ def read_run(name, source):
     if not os.path.exists(path):
       raise SystemExit(f'error: {name}={source}: {path} not found')
   with open(config_path, encoding='utf-8') as f:
-    config = _flatten(json.load(f))
+    config = config_lib.flatten(json.load(f))
   images = _TRAIN_IMAGES.get((config['data.name'], config['data.train_split']))
   rows = []
   with open(metrics_path, encoding='utf-8') as f:

@@ -23,6 +23,12 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
                     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
                     JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
 
+# vae_jax's user cache (decoded datasets) in a directory of the session's own, not ~/.cache.
+if 'VAE_JAX_CACHE_DIR' not in os.environ:
+  _user_cache = tempfile.mkdtemp(prefix='vae_jax_tests_cache_')
+  atexit.register(shutil.rmtree, _user_cache, ignore_errors=True)
+  os.environ['VAE_JAX_CACHE_DIR'] = _user_cache
+
 LONG = (
     'test_benchmark.py::test_benchmark_writes_every_field',  # 68 s
     'test_cli.py::test_sigterm_saves_and_exits_zero_then_resumes',  # 48 s

@@ -426,3 +426,63 @@ def test_tfds_advice_to_install_opencv_is_not_shown(caplog):
     logging.getLogger('absl').warning('OpenCV is not installed. We recommend using OpenCV ...')
     logging.getLogger('absl').warning('another warning')
   assert [r.getMessage() for r in caplog.records] == ['another warning']
+
+
+def test_decoded_splits_are_kept_in_the_user_cache_and_checked(fresh_cache, tmp_path,
+                                                                monkeypatch, caplog):
+  monkeypatch.setenv('VAE_JAX_CACHE_DIR', str(tmp_path / 'cache'))
+  version_dir = _prepare_small_binarized_mnist(tmp_path / 'tfds')
+  config = data_config('binarized_mnist', 'static', tmp_path / 'tfds', eval_split='test')
+  first = data.load(config)
+  entry = tmp_path / 'cache' / 'datasets' / 'binarized_mnist' / '1.0.0'
+  assert sorted(os.listdir(entry)) == ['test.json', 'test.npz', 'train.json', 'train.npz']
+  assert not [p for p in os.listdir(version_dir) if 'npz' in p]  # Never in the TFDS dir.
+
+  def no_decoding(*args, **kwargs):
+    raise AssertionError('decoded the records although the cache holds the split')
+
+  real_read = data._read_split  # pylint: disable=protected-access
+  monkeypatch.setattr(data, '_read_split', no_decoding)
+  data.clear_cache()
+  again = data.load(config)
+  np.testing.assert_array_equal(again.train, first.train)
+  np.testing.assert_array_equal(again.eval, first.eval)
+  assert not again.train.flags.writeable
+
+  # Damaged bytes: a warning, the split decoded again and the entry rewritten.
+  monkeypatch.setattr(data, '_read_split', real_read)
+  raw = bytearray((entry / 'train.npz').read_bytes())
+  raw[len(raw) // 2] ^= 0xFF
+  (entry / 'train.npz').write_bytes(bytes(raw))
+  data.clear_cache()
+  with caplog.at_level('WARNING'):
+    repaired = data.load(config)
+  assert 'cannot be used (' in caplog.text and 'reading the dataset again' in caplog.text
+  np.testing.assert_array_equal(repaired.train, first.train)
+  assert (entry / 'train.npz').read_bytes() != bytes(raw)
+
+  # A rebuilt dataset (its files changed) is read again, not served from the old entry.
+  shard = version_dir / 'binarized_mnist-train.array_record-00000-of-00001'
+  os.utime(shard, ns=(1, 1))
+  calls = []
+  monkeypatch.setattr(data, '_read_split', lambda *a, **k: calls.append(1) or real_read(*a, **k))
+  data.clear_cache()
+  data.load(config)
+  assert len(calls) == 2  # Both splits: an entry is keyed on every file of its version.
+
+
+def test_cache_off_or_unwritable_reads_the_dataset_every_time(fresh_cache, tmp_path, monkeypatch,
+                                                               caplog):
+  _prepare_small_binarized_mnist(tmp_path / 'tfds')
+  monkeypatch.setenv('VAE_JAX_CACHE_DIR', str(tmp_path / 'cache'))
+  config = data_config('binarized_mnist', 'static', tmp_path / 'tfds', eval_split='test')
+  config.cache = False
+  data.load(config)
+  assert not (tmp_path / 'cache').exists()
+  (tmp_path / 'file').write_text('')
+  monkeypatch.setenv('VAE_JAX_CACHE_DIR', str(tmp_path / 'file'))  # Not a directory.
+  config.cache = True
+  data.clear_cache()
+  with caplog.at_level('WARNING'):
+    assert data.load(config).train.shape == (30, 28, 28, 1)
+  assert 'Cannot cache the decoded binarized_mnist split' in caplog.text

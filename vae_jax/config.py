@@ -30,7 +30,7 @@ NAN_POLICIES = ('stop', 'skip')
 # Fields that may change between a run and its resumption: they steer how long
 # to train and what to report, not what is being trained.
 RESUMABLE_PREFIXES = (
-    'train.num_steps', 'train.num_epochs', 'train.log_every_steps',
+    'data.cache', 'train.num_steps', 'train.num_epochs', 'train.log_every_steps',
     'train.eval_every_steps', 'train.checkpoint_every_steps',
     'train.max_checkpoints_to_keep', 'train.exact_replicas', 'eval.', 'sampling.', 'logging.', 'resume.',
 )
@@ -102,6 +102,10 @@ FIELDS = (
      '(grey levels or colour).'),
     ('data.train_split', 'train', 'The split trained on.'),
     ('data.eval_split', 'test', 'The split of the periodic and final evaluations.'),
+    ('data.cache', True, 'Keep each decoded TFDS split in the user cache ($VAE_JAX_CACHE_DIR, '
+     'else ~/.cache/vae_jax/datasets), keyed by dataset, version and split and checked against '
+     'the dataset\'s files and its own checksums: the next start reads one file instead of '
+     'decoding every record. False reads the TFDS files every time.'),
     ('data.download', True, 'Download and prepare a missing TFDS dataset (needs internet); False '
      'names the dataset and the command that prepares it instead.'),
 
@@ -324,6 +328,8 @@ def validate(config, num_devices=None):
   _positive(config, 'seed', allow_zero=True)
   _choice(config, 'data.name', DATASETS)
   _choice(config, 'data.binarization', BINARIZATIONS)
+  _check(isinstance(_get(config, 'data.cache'), bool), 'data.cache',
+         f'expected True or False, got {config.data.cache!r}')
   try:
     data.validate_spec(config.data)
   except data.DatasetError as e:

@@ -15,8 +15,11 @@ bin, so a continuous density on [0, 1) is a fair model of the discrete data
 (Theis et al., 2016, "A note on the evaluation of generative models").
 """
 
+import contextlib
 import dataclasses
 import functools
+import hashlib
+import json
 import logging
 import os
 from typing import Optional
@@ -27,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
 
+from vae_jax import caches
 
 def _not_opencv_advice(record) -> bool:
   # TFDS advises installing OpenCV for faster image decoding at every read; the
@@ -143,8 +147,11 @@ def load(data_config) -> Dataset:
     data_dir = resolve_data_dir(data_config.data_dir)
     if data_config.download:
       _prepare_if_missing(name, data_dir)
-    train, train_labels = _tfds_split(name, data_dir, data_config.train_split, binarization)
-    evaluation, eval_labels = _tfds_split(name, data_dir, data_config.eval_split, binarization)
+    cache = data_config.get('cache', True)  # Older workdirs' configs lack the field.
+    train, train_labels = _tfds_split(name, data_dir, data_config.train_split, binarization,
+                                      cache)
+    evaluation, eval_labels = _tfds_split(name, data_dir, data_config.eval_split, binarization,
+                                          cache)
   for split, images in ((data_config.train_split, train), (data_config.eval_split, evaluation)):
     if tuple(images.shape[1:]) != IMAGE_SHAPES[name]:
       raise DatasetError(f'dataset {name!r}: split {split!r} has images of shape '
@@ -242,8 +249,14 @@ def _prepare_if_missing(name: str, data_dir: str) -> None:
 
 
 @functools.lru_cache(maxsize=8)
-def _tfds_split(name: str, data_dir: str, split: str, binarization: str) -> tuple:
-  """One TFDS split: (read-only uint8 [N, H, W, C] images, int32 [N] labels or None)."""
+def _tfds_split(name: str, data_dir: str, split: str, binarization: str,
+                cache: bool = True) -> tuple:
+  """One TFDS split: (read-only uint8 [N, H, W, C] images, int32 [N] labels or None).
+
+  With `cache`, the decoded split comes from (or goes to) the user cache
+  (`split_cache_path`): a start that would decode 50,000 records one by one
+  reads one file instead.
+  """
   builder = _builder(name, data_dir)
   try:
     source = builder.as_data_source(split=split)
@@ -251,10 +264,17 @@ def _tfds_split(name: str, data_dir: str, split: str, binarization: str) -> tupl
     raise _unreadable(builder, name, data_dir, split, e) from e
   if len(source) == 0:
     raise DatasetError(f'dataset {name!r}: split {split!r} in {data_dir} has no examples')
-  try:
-    images, labels = _read_split(source, with_labels=name in NUM_CLASSES)
-  except Exception as e:  # pylint: disable=broad-except  # Truncated or damaged files.
-    raise _damaged(builder, name, data_dir, split, e) from e
+  with_labels = name in NUM_CLASSES
+  cached = _read_cached_split(builder, name, split, len(source), with_labels) if cache else None
+  if cached is not None:
+    images, labels = cached
+  else:
+    try:
+      images, labels = _read_split(source, with_labels=with_labels)
+    except Exception as e:  # pylint: disable=broad-except  # Truncated or damaged files.
+      raise _damaged(builder, name, data_dir, split, e) from e
+    if cache:
+      _write_cached_split(builder, name, split, images, labels)
   if labels is not None:
     # The table is what config validation trusts; data it does not describe is refused.
     bad = (labels < 0) | (labels >= NUM_CLASSES[name])
@@ -264,6 +284,89 @@ def _tfds_split(name: str, data_dir: str, split: str, binarization: str) -> tupl
           f'{int(labels[bad][0])}, outside [0, {NUM_CLASSES[name]})')
     labels = _read_only(labels)
   return _binarize_at_load(images, name, binarization), labels
+
+
+def _source_fingerprint(builder) -> list:
+  """(name, size, mtime) of every file of the prepared dataset version: a rebuilt or
+  replaced dataset does not match a cache entry of the old one."""
+  try:
+    entries = os.scandir(str(builder.data_path))
+    return sorted([e.name, e.stat().st_size, e.stat().st_mtime_ns] for e in entries if e.is_file())
+  except OSError:
+    return []
+
+
+def split_cache_path(builder, name: str, split: str) -> str:
+  """CACHE/datasets/NAME/VERSION/SPLIT.npz: the decoded split, keyed by dataset,
+  version and split (binarisation is applied after reading, so one entry serves
+  every binarisation), with its source files' fingerprint and checksums beside it
+  (SPLIT.json)."""
+  safe = ''.join(c if c.isalnum() or c in '-_.' else '_' for c in split)
+  if safe != split:  # 'train[:90%]' and 'train_90_' stay apart.
+    safe += '-' + hashlib.sha256(split.encode()).hexdigest()[:8]
+  return os.path.join(caches.cache_root(), 'datasets', name, str(builder.info.version), safe + '.npz')
+
+
+def _sha256(array) -> str:
+  return hashlib.sha256(np.ascontiguousarray(array).data).hexdigest()
+
+
+def _read_cached_split(builder, name, split, num_examples, with_labels):
+  """(images, labels) from the cache when its entry matches the dataset's files and its
+  bytes check out; None otherwise (a damaged entry is removed, with a warning)."""
+  path = split_cache_path(builder, name, split)
+  meta_path = path[:-len('.npz')] + '.json'
+  if not (os.path.exists(path) and os.path.exists(meta_path)) or not _source_fingerprint(builder):
+    return None
+  try:
+    with open(meta_path, encoding='utf-8') as f:
+      meta = json.load(f)
+    if meta.get('source') != _source_fingerprint(builder):
+      return None  # The dataset was rebuilt: read it again (and replace the entry).
+    with np.load(path, allow_pickle=False) as arrays:
+      images = arrays['images']
+      labels = arrays['labels'] if with_labels else None
+    ok = (len(images) == num_examples and images.dtype == np.uint8
+          and _sha256(images) == meta['images_sha256']
+          and (labels is None or _sha256(labels) == meta['labels_sha256']))
+  except Exception as e:  # pylint: disable=broad-except  # Truncated, not npz, no key...
+    ok, labels = False, None
+    reason = _one_line(e)
+  else:
+    reason = 'its bytes differ from those it was written with'
+  if not ok:
+    logging.warning('The cached %s split %r in %s cannot be used (%s); reading the dataset '
+                    'again and rewriting it.', name, split, path, reason)
+    for stale in (path, meta_path):
+      with contextlib.suppress(OSError):
+        os.remove(stale)
+    return None
+  return images, (None if labels is None else labels.astype(np.int32))
+
+
+def _write_cached_split(builder, name, split, images, labels) -> None:
+  """Writes the cache entry atomically; a cache that cannot be written is a warning."""
+  source = _source_fingerprint(builder)
+  if not source:  # No files to tell a rebuilt dataset by (mock data): nothing to key on.
+    return
+  path = split_cache_path(builder, name, split)
+  meta = {'dataset': name, 'version': str(builder.info.version), 'split': split,
+          'source': source, 'images_sha256': _sha256(images),
+          'labels_sha256': None if labels is None else _sha256(labels)}
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f'{path}.{os.getpid()}.tmp'
+    with open(tmp, 'wb') as f:
+      np.savez(f, images=images, **({} if labels is None else {'labels': labels}))
+    os.replace(tmp, path)
+    meta_path = path[:-len('.npz')] + '.json'
+    with open(meta_path + '.tmp', 'w', encoding='utf-8') as f:
+      json.dump(meta, f)
+    os.replace(meta_path + '.tmp', meta_path)
+  except OSError as e:
+    logging.warning('Cannot cache the decoded %s split %r in %s (%s); the next start reads '
+                    'the dataset again (data.cache=False stops trying).', name, split,
+                    os.path.dirname(path), _one_line(e))
 
 
 def _unreadable(builder, name, data_dir, split, error) -> DatasetError:

@@ -22,6 +22,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from vae_jax import caches
 from vae_jax import checkpoint
 from vae_jax import data
 from vae_jax import evaluate
@@ -135,6 +136,7 @@ def main(argv):
   FLAGS = flags.FLAGS  # pylint: disable=invalid-name
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO.
+  caches.use_compilation_cache()
   try:
     evaluate_workdir(FLAGS.workdir, FLAGS.split, FLAGS.num_samples, FLAGS.num_images,
                      FLAGS.step, FLAGS.batch_size, FLAGS.chunk_size, output=FLAGS.output)

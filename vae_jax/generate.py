@@ -28,6 +28,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from vae_jax import caches
 from vae_jax import checkpoint
 from vae_jax import config as config_lib
 from vae_jax import data
@@ -267,6 +268,7 @@ def main(argv):
   FLAGS = flags.FLAGS  # pylint: disable=invalid-name
   if not FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO.
+  caches.use_compilation_cache()
   out_dir = FLAGS.output_dir or os.path.join(FLAGS.workdir, 'generated')
   lists = {}
   for name, kind, what in (('temperatures', float, 'numbers'),

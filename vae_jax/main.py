@@ -32,6 +32,7 @@ from absl import logging
 import ml_collections
 from ml_collections import config_flags
 
+from vae_jax import caches
 from vae_jax import checkpoint
 from vae_jax import config as config_lib
 from vae_jax import data
@@ -59,6 +60,7 @@ def main(argv):
   if not flags.FLAGS['verbosity'].present:
     # orbax logs every save at INFO; keep the console to our progress lines.
     logging.set_verbosity(logging.WARNING)
+  caches.use_compilation_cache()  # Before anything compiles.
   try:
     # Before anything touches a device: the runtime decides which devices exist.
     if sharding.initialize_from_flags():

@@ -1,11 +1,14 @@
 """Compile times, training and evaluation throughput, the matmul roofline and memory.
 
-  TFDS_DATA_DIR=../shared/tensorflow_datasets python -m scripts.benchmark \
+  TFDS_DATA_DIR=/path/to/tensorflow_datasets python -m scripts.benchmark \
     --config=configs/binarized_mnist.py --config.train.batch_size=1024 \
     --output=benchmarks/bmnist_b1024.json
 
-Any config plus overrides, as for vae_jax.main. One process measures, in order:
-the float32 matmul throughput of this machine (square matmuls and the model's
+Any config plus overrides, as for vae_jax.main. First (with --startup, the
+default) two launches of vae_jax.main with the same config, timed from launch to
+their first logged training call: with an empty user cache, then with the one
+the first left (decoded dataset and compiled programs). Then one process
+measures, in order: the float32 matmul throughput of this machine (square matmuls and the model's
 own layer shapes at the batch size; the best is the peak); the FLOPs of one
 training step (from the layer shapes, XLA's cost analysis as a cross-check);
 the compile time of the train step and of both evaluations; training
@@ -26,6 +29,7 @@ import math
 import os
 import platform
 import resource
+import subprocess
 import sys
 import tempfile
 import threading
@@ -72,9 +76,15 @@ def _flags(argv):
   flags.DEFINE_integer('compare_seeds', 0,
                        'If > 1: also time train.num_seeds = S (one vmapped program) against '
                        'S separate runs of one seed.', flag_values=fv)
+  flags.DEFINE_bool('startup', True, 'Also time launch -> first training call of '
+                    'vae_jax.main, with an empty and with a warm user cache.', flag_values=fv)
   flags.DEFINE_list('matmul_sizes', ['512', '1024', '2048'],
                     'Sides of the square matmuls measured besides the layer shapes.',
                     flag_values=fv)
+  if any(arg in ('-h', '--help', '--helpshort', '--helpfull') for arg in argv[1:]):
+    print(f'python -m scripts.benchmark --config=configs/benchmark.py [flags]\n\n'
+          f'{__doc__.strip()}\n\nflags:\n{fv.get_help()}')
+    sys.exit(0)
   flags.mark_flag_as_required('config', flag_values=fv)
   fv(argv)
   return fv, config.value
@@ -630,11 +640,13 @@ def bench_loop(config, steps_per_sec, repeats, seconds):
 
 
 def run(config, *, repeats=5, seconds=12.0, ll_num_samples=5000, ll_num_images=200,
-        matmul_sizes=(512, 1024, 2048), compare_seeds=0):
+        matmul_sizes=(512, 1024, 2048), compare_seeds=0, startup_args=None):
   """Every measurement of the module docstring, as one JSON-ready dict."""
   config_lib.validate(config)
   results = {'machine': _machine(), 'memory': {}}
   memory = results['memory']
+  if startup_args:  # First, in processes of their own, before this one loads anything.
+    results['startup'] = bench_startup(startup_args, config)
 
   start = time.perf_counter()
   exp = train.build_experiment(config)
@@ -688,6 +700,38 @@ def run(config, *, repeats=5, seconds=12.0, ll_num_samples=5000, ll_num_images=2
   memory['device_memory_stats'] = jax.devices()[0].memory_stats()
   results['machine']['loadavg_end'] = list(os.getloadavg())
   return results
+
+
+def bench_startup(config_args, config, runs=2):
+  """Seconds from launching `python -m vae_jax.main` to its first logged training call,
+  with an empty user cache (cold: the dataset decoded, every program compiled) and
+  then with the cache that run left (warm: both read back), each in a new workdir.
+
+  `config_args` are the benchmark's own --config and --config.* arguments; the run
+  is one call of train.steps_per_call steps, logged, then its final evaluation.
+  """
+  per_call = config.train.steps_per_call
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith(('JAX_COMPILATION_CACHE', 'JAX_PERSISTENT_CACHE'))}
+  env.pop('VAE_JAX_COMPILATION_CACHE', None)
+  times = []
+  with tempfile.TemporaryDirectory() as root:
+    env['VAE_JAX_CACHE_DIR'] = os.path.join(root, 'cache')
+    for i in range(runs):
+      workdir = os.path.join(root, f'run{i}')
+      command = [sys.executable, '-m', 'vae_jax.main', *config_args, f'--workdir={workdir}',
+                 '--config.train.num_epochs=0', f'--config.train.num_steps={per_call}',
+                 f'--config.train.log_every_steps={per_call}',
+                 f'--config.train.eval_every_steps={per_call}',
+                 f'--config.train.checkpoint_every_steps={per_call}']
+      launched = time.time()
+      result = subprocess.run(command, env=env, capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+      if result.returncode != 0:
+        raise RuntimeError(f'startup run failed: {result.stderr[-2000:]}')
+      first = vlog.read_metrics(workdir, 'train')[0]
+      times.append(first['time'] - launched)
+  return {'cold_s': times[0], 'warm_s': min(times[1:]), 'steps_in_first_call': per_call}
 
 
 def bench_training(config, steps, repeats, seconds):
@@ -820,6 +864,10 @@ def summary_lines(results):
       f"{ck['verified']['save_call_s'] * 1e3:.0f} / {ck['unverified']['save_call_s'] * 1e3:.0f} "
       f"ms), restore {ck['verified']['restore_s'] * 1e3:.0f} / "
       f"{ck['unverified']['restore_s'] * 1e3:.0f} ms (x{ck['ratios']['restore_s']:.2f})")
+  if 'startup' in results:
+    st = results['startup']
+    lines.append(f"launch to first logged training call ({st['steps_in_first_call']} steps): "
+                 f"{st['cold_s']:.1f} s with an empty cache, {st['warm_s']:.1f} s warm")
   if 'seeds' in results:
     s = results['seeds']
     lines.append(
@@ -835,7 +883,9 @@ def main(argv):
   results = run(config, repeats=fv.repeats, seconds=fv.seconds,
                 ll_num_samples=fv.ll_num_samples, ll_num_images=fv.ll_num_images,
                 matmul_sizes=tuple(int(size) for size in fv.matmul_sizes),
-                compare_seeds=fv.compare_seeds)
+                compare_seeds=fv.compare_seeds,
+                startup_args=([a for a in argv[1:] if a.startswith('--config')]
+                              if fv.startup else None))
   results['command'] = ' '.join(argv)
   results['config'] = config.to_dict()
   for line in summary_lines(results):

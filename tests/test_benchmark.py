@@ -4,6 +4,8 @@ import json
 import math
 import os
 
+import pytest
+
 from scripts import benchmark
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,6 +57,10 @@ def test_benchmark_writes_every_field(tmp_path):
                'elbo_eval_s', 'log_likelihood_s', 'bare_step_s'):
     assert positive_finite(results['compile_s'][name]), name
 
+  startup = results['startup']
+  assert positive_finite(startup['cold_s']) and positive_finite(startup['warm_s'])
+  assert startup['warm_s'] < startup['cold_s']  # The compiled programs were read back.
+
   ck = results['checkpoint']
   for kind in ('verified', 'unverified'):
     for name in ('save_call_s', 'save_committed_s', 'restore_s'):
@@ -95,3 +101,14 @@ def test_benchmark_writes_every_field(tmp_path):
   assert positive_finite(results['data_load_s'])
   assert len(results['machine']['loadavg_end']) == 3
   assert results['config']['model']['hidden'] == [32]
+
+
+def test_help_lists_the_flags_and_exits_zero(capsys):
+  with pytest.raises(SystemExit) as exit_info:
+    benchmark.main(['benchmark', '--help'])
+  assert exit_info.value.code == 0
+  out = capsys.readouterr().out
+  assert out.startswith('python -m scripts.benchmark --config=configs/benchmark.py')
+  for flag in ('--repeats', '--seconds', '--startup', '--compare_seeds'):
+    assert flag in out, flag
+

@@ -11,10 +11,11 @@ explicit JAX_COMPILATION_CACHE_DIR is JAX's own setting and wins.
 """
 
 import os
+import warnings
 
 # Programs that compile faster than this are not worth a file (JAX's default is 1 s,
 # which the MLP train step, at 1.2-1.6 s here, only just passes).
-MIN_COMPILE_TIME_S = 0.25
+MIN_COMPILE_TIME_S = 0.0
 
 
 def cache_root() -> str:
@@ -39,6 +40,9 @@ def use_compilation_cache() -> str | None:
   except OSError:
     return None  # A read-only home: compile every time, as without the cache.
   jax.config.update('jax_compilation_cache_dir', directory)
+  # A damaged entry is compiled again and rewritten by JAX: nothing to act on, so
+  # not one warning per program on the console.
+  warnings.filterwarnings('ignore', message='Error reading persistent compilation cache entry')
   if not os.environ.get('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'):
     jax.config.update('jax_persistent_cache_min_compile_time_secs', MIN_COMPILE_TIME_S)
   return directory

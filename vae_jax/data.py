@@ -360,9 +360,9 @@ def _write_cached_split(builder, name, split, images, labels) -> None:
       np.savez(f, images=images, **({} if labels is None else {'labels': labels}))
     os.replace(tmp, path)
     meta_path = path[:-len('.npz')] + '.json'
-    with open(meta_path + '.tmp', 'w', encoding='utf-8') as f:
+    with open(f'{meta_path}.{os.getpid()}.tmp', 'w', encoding='utf-8') as f:
       json.dump(meta, f)
-    os.replace(meta_path + '.tmp', meta_path)
+    os.replace(f'{meta_path}.{os.getpid()}.tmp', meta_path)  # Processes of one host may race.
   except OSError as e:
     logging.warning('Cannot cache the decoded %s split %r in %s (%s); the next start reads '
                     'the dataset again (data.cache=False stops trying).', name, split,

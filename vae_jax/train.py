@@ -642,9 +642,9 @@ def train_and_evaluate(config, workdir) -> dict:
                              agree=lambda ok: not sharding.any_process(not ok)):
     workdir_lib.check_resume(workdir, config)
     trainer = Trainer(config, workdir)
-    check_schedule_length(workdir, config, trainer.exp)
-    trainer.write_configs()
-    try:
+    try:  # Closing the writers (and trackers) whatever goes wrong from here.
+      check_schedule_length(workdir, config, trainer.exp)
+      trainer.write_configs()
       state = _train_loop(trainer)
       if state is None:  # Preempted: checkpoint saved, nothing else to do.
         return {}

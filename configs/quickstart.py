@@ -11,7 +11,7 @@ from vae_jax import config as config_lib
 
 
 def get_config(arg=None):
-  del arg
+  config_lib.parse_options(arg, 'configs/quickstart.py')  # It has none: ':runlocl' is refused.
   c = config_lib.default_config()
   c.data.name = 'embedded_mnist'
   c.data.binarization = 'dynamic'

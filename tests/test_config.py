@@ -213,3 +213,11 @@ def test_config_reference_is_generated_from_the_fields_and_current():
     assert f'| `{name}` |' in config_lib.reference(), name
   assert '*resumable*' in next(line for line in config_lib.reference().splitlines()
                                if line.startswith('| `train.num_steps`'))
+
+
+@pytest.mark.parametrize('name', sorted(f[:-3] for f in os.listdir(os.path.join(ROOT, 'configs'))
+                                         if f.endswith('.py') and not f.startswith('_')))
+def test_every_config_file_refuses_an_unknown_option(name):
+  """A misspelt variant (':runlocl') must not run the full experiment."""
+  with pytest.raises(config_lib.ConfigError, match=f"configs/{name}.py: unknown option 'runlocl'"):
+    load_config_file(name, 'runlocl')

@@ -33,6 +33,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from vae_jax import logging as vlog
+
 _STATE = 'state'
 _METADATA = 'metadata'
 _CORRUPTED = 'corrupted'
@@ -148,13 +150,6 @@ def _abstract(x) -> jax.ShapeDtypeStruct:
       np.shape(x), x.dtype, sharding=getattr(x, 'sharding', None))
 
 
-def _brief(error: BaseException) -> str:
-  """'Type: first line': TensorStore errors append a page-long spec after it."""
-  lines = str(error).strip().splitlines()
-  name = type(error).__name__
-  return f'{name}: {lines[0]}' if lines else name
-
-
 def _is_local(path: epath.Path) -> bool:
   return '://' not in str(path)
 
@@ -199,7 +194,7 @@ class Checkpointer:
           self._dir, options=options, item_handlers=handlers)
     except Exception as e:
       raise CheckpointError(
-          f'Cannot open checkpoints in {self._dir}: {_brief(e)}') from e
+          f'Cannot open checkpoints in {self._dir}: {vlog.brief(e)}') from e
 
   @property
   def directory(self) -> epath.Path:
@@ -257,7 +252,7 @@ class Checkpointer:
       self._manager.save(step, args=args, force=True)
     except Exception as e:
       raise CheckpointError(
-          f'Saving step {step} to {self._dir} failed: {_brief(e)}') from e
+          f'Saving step {step} to {self._dir} failed: {vlog.brief(e)}') from e
     self._pending_step = step
     return True
 
@@ -268,7 +263,7 @@ class Checkpointer:
       self._manager.wait_until_finished()
     except Exception as e:
       raise CheckpointError(f'Async save of step {step} to {self._dir} '
-                            f'failed: {_brief(e)}') from e
+                            f'failed: {vlog.brief(e)}') from e
 
   def restore(self, target: Any, step: int | None = None
               ) -> tuple[int, Any, dict | None]:
@@ -305,7 +300,7 @@ class Checkpointer:
     except Exception as e:
       raise CorruptCheckpointError(
           f'Cannot read step {step} in {self._step_dir(step)}: '
-          f'{_brief(e)}') from e
+          f'{vlog.brief(e)}') from e
     state, metadata = restored[_STATE], restored[_METADATA]
     metadata = metadata if isinstance(metadata, dict) else {}
     own = metadata.get(_OWN) if isinstance(metadata.get(_OWN), dict) else {}
@@ -378,7 +373,7 @@ class Checkpointer:
       items = self._manager.item_metadata(step)
     except Exception as e:
       raise CorruptCheckpointError(
-          f'Cannot read metadata of {where}: {_brief(e)}') from e
+          f'Cannot read metadata of {where}: {vlog.brief(e)}') from e
     for name in (_STATE, _METADATA):  # save() always writes both.
       if name not in items:
         raise CorruptCheckpointError(f'No {name!r} item in {where}.')
@@ -443,6 +438,6 @@ class Checkpointer:
       pass  # Another process of this run moved it first.
     except OSError as e:
       raise CheckpointError(f'Cannot move unreadable step {step} to {dest}: '
-                            f'{_brief(e)}') from e
+                            f'{vlog.brief(e)}') from e
     self._manager.reload()
     return dest

@@ -51,7 +51,7 @@ def parse_options(arg, source, defaults=None, switches=(), choices=None):
   defaults = dict(defaults or {})
   choices = dict(choices or {})
   options = {**defaults, **{name: False for name in switches}}
-  known = ', '.join(sorted(defaults) + sorted(switches))
+  known = ', '.join(sorted(defaults) + sorted(switches)) or 'none (this config has no options)'
   for item in filter(None, (arg or '').split(',')):
     key, sep, text = item.partition('=')
     if key in switches:

@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from vae_jax import caches
+from vae_jax import logging as vlog
 
 def _not_opencv_advice(record) -> bool:
   # TFDS advises installing OpenCV for faster image decoding at every read; the
@@ -229,12 +230,6 @@ def _not_prepared_message(name: str, data_dir: str, searched: str, reason: str) 
       f'{data_dir}, or point data.data_dir (or $TFDS_DATA_DIR) at a folder that has it.')
 
 
-def _one_line(error: BaseException) -> str:
-  """'KeyError: first line of the message': the reason without a traceback wall."""
-  lines = str(error).strip().splitlines()
-  return f'{type(error).__name__}: {lines[0]}' if lines else type(error).__name__
-
-
 def _prepare_if_missing(name: str, data_dir: str) -> None:
   """data.download=True: download and prepare in ArrayRecord, or say how to."""
   builder = _builder(name, data_dir)
@@ -245,7 +240,7 @@ def _prepare_if_missing(name: str, data_dir: str) -> None:
   except Exception as e:  # Network, disk, missing TensorFlow: all end the same way.
     raise DatasetError(_not_prepared_message(
         name, data_dir, str(builder.data_path),
-        f'download_and_prepare failed with {_one_line(e)}')) from e
+        f'download_and_prepare failed with {vlog.brief(e)}')) from e
 
 
 @functools.lru_cache(maxsize=8)
@@ -331,7 +326,7 @@ def _read_cached_split(builder, name, split, num_examples, with_labels):
           and (labels is None or _sha256(labels) == meta['labels_sha256']))
   except Exception as e:  # pylint: disable=broad-except  # Truncated, not npz, no key...
     ok, labels = False, None
-    reason = _one_line(e)
+    reason = vlog.brief(e)
   else:
     reason = 'its bytes differ from those it was written with'
   if not ok:
@@ -366,7 +361,7 @@ def _write_cached_split(builder, name, split, images, labels) -> None:
   except OSError as e:
     logging.warning('Cannot cache the decoded %s split %r in %s (%s); the next start reads '
                     'the dataset again (data.cache=False stops trying).', name, split,
-                    os.path.dirname(path), _one_line(e))
+                    os.path.dirname(path), vlog.brief(e))
 
 
 def _unreadable(builder, name, data_dir, split, error) -> DatasetError:
@@ -383,7 +378,7 @@ def _unreadable(builder, name, data_dir, split, error) -> DatasetError:
         'the others (needs TensorFlow):\n'
         '  pip install tensorflow importlib_resources && tfds convert_format '
         f'--dataset_dir={os.path.join(data_dir, name)} --out_file_format=array_record')
-  return DatasetError(f'{where}: cannot read split {split!r}: {_one_line(error)}')
+  return DatasetError(f'{where}: cannot read split {split!r}: {vlog.brief(error)}')
 
 
 def _damaged(builder, name, data_dir, split, error) -> DatasetError:
@@ -398,7 +393,7 @@ def _damaged(builder, name, data_dir, split, error) -> DatasetError:
           f'a shard of split {split!r} in {builder.data_path}')
   return DatasetError(
       f'dataset {name!r}: {what} cannot be read back (truncated or damaged: '
-      f'{_one_line(error)}).\nRebuild the dataset: delete {builder.data_path}, then run\n'
+      f'{vlog.brief(error)}).\nRebuild the dataset: delete {builder.data_path}, then run\n'
       f'  {_prepare_command(name, data_dir)}\n'
       '(or, with internet, rerun with --config.data.download=True).')
 

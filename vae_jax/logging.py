@@ -150,6 +150,23 @@ def save_png(path, grid, scale=PNG_SCALE):
   os.replace(tmp, path)
 
 
+def write_json(path, obj):
+  """Writes JSON atomically (temp file + rename): a crash never leaves half a file."""
+  tmp = path + '.tmp'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    json.dump(obj, f, indent=2, sort_keys=True, default=list)
+    f.write('\n')
+  os.replace(tmp, path)
+
+
+def brief(error: BaseException) -> str:
+  """'Type: first line of the message': the reason without a traceback wall (TensorStore
+  and TFDS errors append pages after their first line)."""
+  lines = str(error).strip().splitlines()
+  name = type(error).__name__
+  return f'{name}: {lines[0]}' if lines else name
+
+
 def format_duration(seconds):
   """'1h05m' or '3m07s'; '?' when unknown (no speed measured yet)."""
   if not math.isfinite(seconds):

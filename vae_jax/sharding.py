@@ -139,7 +139,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         heartbeat_timeout_seconds=peer_timeout_s, shutdown_timeout_seconds=peer_timeout_s)
   except (RuntimeError, TypeError, ValueError) as e:
     raise DistributedError(
-        f'could not start the multi-process runtime ({where}): {_first_line(e)}') from e
+        f'could not start the multi-process runtime ({where}): {vlog.brief(e)}') from e
   return True
 
 
@@ -150,11 +150,6 @@ def _target(source, coordinator_address, num_processes, process_id) -> str:
   address = coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS')
   return (f'{source}: coordinator {shown(address)}, '
           f'process {shown(process_id)} of {shown(num_processes)}')
-
-
-def _first_line(error: BaseException) -> str:
-  lines = str(error).strip().splitlines()
-  return lines[0] if lines else type(error).__name__
 
 
 def define_flags():

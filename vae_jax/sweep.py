@@ -158,10 +158,8 @@ def read_status(sweep_dir) -> dict:
 
 
 def write_status(sweep_dir, status):
-  path = os.path.join(sweep_dir, 'status.json')
-  with open(path + '.tmp', 'w', encoding='utf-8') as f:
-    json.dump(status, f, indent=2, sort_keys=True)
-  os.replace(path + '.tmp', path)
+  from vae_jax import logging as vlog  # pylint: disable=g-import-not-at-top
+  vlog.write_json(os.path.join(sweep_dir, 'status.json'), status)
 
 
 def collect(sweep_dir) -> list:

@@ -61,10 +61,8 @@ def _read_ids(workdir):
 
 
 def _write_ids(workdir, ids):
-  path = os.path.join(workdir, IDS_FILE)
-  with open(path + '.tmp', 'w', encoding='utf-8') as f:
-    json.dump(ids, f, indent=2, sort_keys=True)
-  os.replace(path + '.tmp', path)
+  from vae_jax import logging as vlog  # pylint: disable=g-import-not-at-top
+  vlog.write_json(os.path.join(workdir, IDS_FILE), ids)
 
 
 class _Wandb:
@@ -172,8 +170,7 @@ class Trackers:
         self.close()  # The ones already started.
         if isinstance(e, TrackerError):
           raise
-        raise TrackerError(f'logging.trackers: {name} could not start: '
-                           f'{type(e).__name__}: {_first_line(e)}') from e
+        raise TrackerError(f'logging.trackers: {name} could not start: {_brief(e)}') from e
       ids[name] = tracker.id
       self._active.append(tracker)
     if names:
@@ -185,9 +182,8 @@ class Trackers:
         getattr(tracker, method)(*args)
       except Exception as e:  # pylint: disable=broad-except
         self._active.remove(tracker)
-        print(f'warning: logging.trackers: {tracker.name} failed ({type(e).__name__}: '
-              f'{_first_line(e)}); training goes on without it, metrics.jsonl has every '
-              'number', file=sys.stderr, flush=True)
+        print(f'warning: logging.trackers: {tracker.name} failed ({_brief(e)}); training goes '
+              'on without it, metrics.jsonl has every number', file=sys.stderr, flush=True)
 
   def log(self, step, split, metrics):
     self._each('log', int(step), split, metrics)
@@ -203,6 +199,7 @@ class Trackers:
     self._active = []
 
 
-def _first_line(error):
-  text = str(error).strip()
-  return text.splitlines()[0][:300] if text else '(no message)'
+def _brief(error):
+  from vae_jax import logging as vlog  # pylint: disable=g-import-not-at-top
+  return vlog.brief(error)[:300]
+

@@ -21,6 +21,7 @@ import ml_collections
 
 from vae_jax import checkpoint
 from vae_jax import config as config_lib
+from vae_jax import logging as vlog
 
 CONFIG_FILE = 'config.json'
 LOCK_FILE = 'run.lock'
@@ -79,13 +80,7 @@ def prepare(workdir: str) -> str:
   return path
 
 
-def write_json(path, obj):
-  """Writes JSON atomically (temp file + rename): a crash never leaves half a file."""
-  tmp = path + '.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=list)
-    f.write('\n')
-  os.replace(tmp, path)
+write_json = vlog.write_json  # One atomic JSON write for the package.
 
 
 def read_json(path):

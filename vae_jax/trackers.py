@@ -43,11 +43,12 @@ def problem(text):
   for name in names:
     if name not in TRACKERS:
       return f'{name!r} is not one of {TRACKERS} (comma-separated, e.g. "wandb,mlflow")'
+  if len(set(names)) != len(names):
+    return f'{text!r} names a tracker twice'
+  for name in names:
     if importlib.util.find_spec(MODULES[name]) is None:
       return (f'{name!r} needs the {MODULES[name]} package: pip install {PIP_NAMES[name]} '
               f'(or pip install -e .[trackers] in the clone)')
-  if len(set(names)) != len(names):
-    return f'{text!r} names a tracker twice'
   return None
 
 

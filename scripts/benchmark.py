@@ -8,8 +8,9 @@ Any config plus overrides, as for vae_jax.main. First (with --startup, the
 default) two launches of vae_jax.main with the same config, timed from launch to
 their first logged training call: with an empty user cache, then with the one
 the first left (decoded dataset and compiled programs). Then one process
-measures, in order: the float32 matmul throughput of this machine (square matmuls and the model's
-own layer shapes at the batch size; the best is the peak); the FLOPs of one
+measures, in order: the float32 matmul throughput of this machine (square
+matmuls and the model's own layer shapes at the batch size; the best is the
+peak); the FLOPs of one
 training step (from the layer shapes, XLA's cost analysis as a cross-check);
 the compile time of the train step and of both evaluations; training
 throughput three ways: a bare, hand-written jitted step of the same model, the
@@ -19,8 +20,10 @@ past the end, read from its metrics.jsonl; the importance-sampled log p(x)
 throughput; last, the save and restore times of the train state with and
 without the SHA-256 of every array that checkpoints carry (timed in turns).
 The two steps are timed in turns, before and after each of LOOP_TURNS runs of
-the loop, so that the ratios survive a shared, noisy machine. Every throughput is a median of timed repeats after a warm-up, each
-phase bounded by --seconds. The default run takes 1-3 minutes on 2 CPU cores.
+the loop, so that the ratios survive a shared, noisy machine. Every throughput
+is a median of timed repeats after a warm-up, each phase bounded by --seconds.
+The default run takes 1-3 minutes on 2 CPU cores, and the two startup
+launches about 40 s more.
 """
 
 import functools

@@ -161,9 +161,7 @@ def run_submitit(base_config, sweep_dir, todo, num_points):
         except Exception as e:  # pylint: disable=broad-except  # The job itself failed.
           text = str(e).strip().splitlines()
           outcome = f'failed (job {job.job_id}: {text[-1] if text else type(e).__name__})'
-        status = sweep.read_status(sweep_dir)
-        status[name] = dict(status.get(name, {}), outcome=outcome,
-                            seconds=round(time.time() - start, 1))
+        status[name] = dict(status[name], outcome=outcome, seconds=round(time.time() - start, 1))
         sweep.write_status(sweep_dir, status)
         done += outcome == 'done'
         failed += outcome.startswith('failed')

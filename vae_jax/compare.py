@@ -15,7 +15,6 @@ the workdirs is written.
 """
 
 import glob
-import json
 import os
 import sys
 
@@ -65,9 +64,7 @@ def _training_seconds(records):
 
 def differing(rows):
   """The config fields whose values are not the same in every row."""
-  names = sorted(set().union(*(row['config'] for row in rows)))
-  return [n for n in names
-          if len({json.dumps(row['config'].get(n), default=str) for row in rows}) > 1]
+  return config_lib.varying(row['config'] for row in rows)
 
 
 def _cell(value):

@@ -275,8 +275,7 @@ def reference() -> str:
       if head in SECTIONS:
         lines += [SECTIONS[head], '']
       lines += ['| field | default | |', '|---|---|---|']
-    resumable = any(name == p or (p.endswith('.') and name.startswith(p))
-                    for p in RESUMABLE_PREFIXES)
+    resumable = matches(name, RESUMABLE_PREFIXES)
     note = ' *resumable*' if resumable else ''
     text = doc.replace('|', '\\|')
     lines.append(f'| `{name}` | `{default!r}` | {text}{note} |')
@@ -437,12 +436,25 @@ def flatten(tree, prefix=''):
   return flat
 
 
+def matches(name, prefixes) -> bool:
+  """Whether field `name` is one of `prefixes` ('a.b') or under one ('a.')."""
+  return any(name == p or (p.endswith('.') and name.startswith(p)) for p in prefixes)
+
+
+def varying(flat_configs) -> list:
+  """The fields (sorted) whose values are not the same in every one of some
+  flattened configs; a field missing from some counts as a value of its own."""
+  configs = list(flat_configs)
+  names = sorted(set().union(*configs)) if configs else []
+  return [n for n in names if len({json.dumps(c.get(n), default=str) for c in configs}) > 1]
+
+
 def differing_fields(saved: dict, current: dict, ignore=RESUMABLE_PREFIXES):
   """Fields whose values differ between two configs, as 'field: old -> new'."""
   old, new = flatten(saved), flatten(json.loads(json.dumps(current, default=list)))
   diffs = []
   for name in sorted(set(old) | set(new)):
-    if any(name == p or (p.endswith('.') and name.startswith(p)) for p in ignore):
+    if matches(name, ignore):
       continue
     if old.get(name, '<missing>') != new.get(name, '<missing>'):
       diffs.append(f'{name}: {old.get(name, "<missing>")!r} -> {new.get(name, "<missing>")!r}')

@@ -33,6 +33,7 @@ import tensorflow_datasets as tfds
 from vae_jax import caches
 from vae_jax import logging as vlog
 
+
 def _not_opencv_advice(record) -> bool:
   # TFDS advises installing OpenCV for faster image decoding at every read; the
   # images are decoded once per run here, with PIL, and the advice is not the user's to act on.
@@ -302,6 +303,11 @@ def split_cache_path(builder, name: str, split: str) -> str:
   return os.path.join(caches.cache_root(), 'datasets', name, str(builder.info.version), safe + '.npz')
 
 
+def _meta_path(path: str) -> str:
+  """SPLIT.json beside SPLIT.npz: the entry's source fingerprint and checksums."""
+  return path[:-len('.npz')] + '.json'
+
+
 def _sha256(array) -> str:
   return hashlib.sha256(np.ascontiguousarray(array).data).hexdigest()
 
@@ -310,13 +316,14 @@ def _read_cached_split(builder, name, split, num_examples, with_labels):
   """(images, labels) from the cache when its entry matches the dataset's files and its
   bytes check out; None otherwise (a damaged entry is removed, with a warning)."""
   path = split_cache_path(builder, name, split)
-  meta_path = path[:-len('.npz')] + '.json'
-  if not (os.path.exists(path) and os.path.exists(meta_path)) or not _source_fingerprint(builder):
+  meta_path = _meta_path(path)
+  source = _source_fingerprint(builder)
+  if not (source and os.path.exists(path) and os.path.exists(meta_path)):
     return None
   try:
     with open(meta_path, encoding='utf-8') as f:
       meta = json.load(f)
-    if meta.get('source') != _source_fingerprint(builder):
+    if meta.get('source') != source:
       return None  # The dataset was rebuilt: read it again (and replace the entry).
     with np.load(path, allow_pickle=False) as arrays:
       images = arrays['images']
@@ -354,7 +361,7 @@ def _write_cached_split(builder, name, split, images, labels) -> None:
     with open(tmp, 'wb') as f:
       np.savez(f, images=images, **({} if labels is None else {'labels': labels}))
     os.replace(tmp, path)
-    meta_path = path[:-len('.npz')] + '.json'
+    meta_path = _meta_path(path)
     with open(f'{meta_path}.{os.getpid()}.tmp', 'w', encoding='utf-8') as f:
       json.dump(meta, f)
     os.replace(f'{meta_path}.{os.getpid()}.tmp', meta_path)  # Processes of one host may race.

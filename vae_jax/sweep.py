@@ -199,9 +199,7 @@ def collect_workdirs(workdirs) -> list:
   from vae_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   runs = [r for r in workdir_lib.runs_of(workdirs) if is_finished(r)]
   configs = {r: config_lib.flatten(workdir_lib.load_config(r).to_dict()) for r in runs}
-  names = sorted(set().union(*configs.values())) if configs else []
-  differing = [n for n in names
-               if len({json.dumps(c.get(n), default=str) for c in configs.values()}) > 1]
+  differing = config_lib.varying(configs.values())
   rows = [_row(r, {'point': r, **{n: configs[r].get(n) for n in differing}}, _read_final(r))
           for r in runs]
   return sorted(rows, key=lambda row: (_natural_key((n, row[n]) for n in differing), row['point']))

@@ -89,7 +89,7 @@ def describe(configs):
   """(title, per-run label suffixes): what all runs share, and how each differs."""
   views = [dict(c, **{'layers': _layers(c)}) for c in configs]
   names = sorted(set().union(*views))
-  shared = {n for n in names if len({json.dumps(v.get(n)) for v in views}) == 1}
+  shared = set(names) - set(config_lib.varying(views))
   first = views[0]
   parts = []
   if 'data.name' in shared:

@@ -155,14 +155,35 @@ FIELDS = (
     ('model.remat', False, "top_down: recompute each group's activations in the backward pass "
      '(less memory, more compute).'),
 
-    ('objective.name', 'elbo', f'One of {OBJECTIVES}: the ELBO, or the IWAE bound with '
-     'num_samples samples (Burda et al. 2015).'),
-    ('objective.beta', 1.0, 'The KL weight (beta-VAE; the rate-distortion trade-off). elbo only.'),
+    ('objective.name', 'elbo', f'One of {OBJECTIVES}: the ELBO, the IWAE bound with '
+     'num_samples samples (Burda et al. 2015), or a disentangling objective: beta_tcvae (Chen '
+     'et al. 2018), factor_vae (Kim & Mnih 2018), dip_vae_i and dip_vae_ii (Kumar et al. '
+     '2018).'),
+    ('objective.beta', 1.0, 'The KL weight (beta-VAE; the rate-distortion trade-off). Not for '
+     'iwae.'),
     ('objective.kl_warmup_steps', 0, 'Steps over which the KL weight rises linearly from 0 to '
-     'beta; 0: no warm-up. elbo only.'),
+     'beta; 0: no warm-up. Not for iwae.'),
     ('objective.free_bits', 0.0, 'A floor in nats under the KL of each latent (Kingma et al. '
      '2016, batch-averaged); 0: none. elbo only.'),
     ('objective.num_samples', 1, 'k of the IWAE bound (1 for the ELBO).'),
+    ('objective.tc_weight', 1.0, 'The weight of the total correlation: beta of beta_tcvae (Chen '
+     'et al. 2018, whose MI and dimension-wise KL terms take objective.beta; tc_weight = beta '
+     'is the beta-VAE), gamma of factor_vae (Kim & Mnih 2018: 10 to 100 on dSprites). '
+     'beta_tcvae and factor_vae only.'),
+    ('objective.tc_estimator', 'mws', f'One of {objectives.TC_ESTIMATORS}: how beta_tcvae '
+     'estimates q(z) from a batch, minibatch weighted or stratified sampling (Chen et al. '
+     '2018; mss is unbiased). beta_tcvae only.'),
+    ('objective.dip_lambda_od', 10.0, 'DIP-VAE (Kumar et al. 2018): the weight of the squared '
+     'off-diagonal covariances. dip_vae_i and dip_vae_ii only.'),
+    ('objective.dip_lambda_d', 100.0, "DIP-VAE: the weight of the diagonal's squared distance "
+     'from 1 (the paper: 10 x dip_lambda_od for dip_vae_i, 1 x for dip_vae_ii). dip_vae_i and '
+     'dip_vae_ii only.'),
+    ('objective.discriminator_hidden', (1000,) * 6, "FactorVAE's discriminator: hidden widths, "
+     'leaky ReLU (the paper: 6 x 1,000). factor_vae only.'),
+    ('objective.discriminator_learning_rate', 1e-4, "The discriminator's Adam learning rate "
+     '(its own optimiser, constant). factor_vae only.'),
+    ('objective.discriminator_b1', 0.5, "The discriminator's Adam b1. factor_vae only."),
+    ('objective.discriminator_b2', 0.9, "The discriminator's Adam b2. factor_vae only."),
 
     ('optimizer.name', 'adam', f'One of {OPTIMIZERS}.'),
     ('optimizer.learning_rate', 1e-3, 'The peak learning rate.'),
@@ -210,6 +231,14 @@ FIELDS = (
     ('eval.importance_batch_size', 2, 'Images per call of the log p(x) estimate.'),
     ('eval.importance_chunk_size', 500, 'Samples per chunk of K (a running logsumexp bounds the '
      'memory).'),
+    ('eval.disentanglement', True, 'On data with ground-truth factors (rendered_shapes, '
+     'dsprites, shapes3d), end training with the beta-VAE and FactorVAE scores, MIG, DCI and '
+     "SAP of the posterior means (Locatello et al. 2019's protocol) in final_metrics.json; "
+     'other data have no factors to score against.'),
+    ('eval.disentanglement_num_train', 10_000, 'Points each disentanglement metric fits on '
+     "(disentanglement_lib's 10,000)."),
+    ('eval.disentanglement_num_eval', 5_000, 'Points each disentanglement metric scores on '
+     "(disentanglement_lib's 5,000)."),
 
     ('sampling.num_samples', 64, 'Prior samples in samples.png.'),
     ('sampling.temperature', 1.0, "Scales the prior's standard deviations when sampling."),
@@ -366,10 +395,11 @@ def validate(config, num_devices=None):
   _positive(config, 'objective.kl_warmup_steps', allow_zero=True)
   _check(_number(config, 'objective.free_bits') >= 0, 'objective.free_bits', 'must be >= 0')
   _positive(config, 'objective.num_samples')
+  _validate_disentangling(config)
   if config.objective.name == 'elbo':
     _check(config.objective.num_samples == 1, 'objective.num_samples',
            "the 'elbo' objective uses one sample per datapoint; use objective.name='iwae' for k > 1")
-  else:
+  elif config.objective.name == 'iwae':
     for field, neutral in (('objective.beta', 1.0), ('objective.kl_warmup_steps', 0),
                            ('objective.free_bits', 0.0)):
       _check(_get(config, field) == neutral, field,
@@ -395,6 +425,7 @@ def validate(config, num_devices=None):
                 'train.checkpoint_every_steps', 'train.max_checkpoints_to_keep',
                 'train.max_consecutive_nonfinite', 'train.num_seeds', 'eval.batch_size',
                 'eval.importance_batch_size', 'eval.importance_chunk_size',
+                'eval.disentanglement_num_train', 'eval.disentanglement_num_eval',
                 'sampling.num_samples', 'sampling.num_reconstructions'):
     _positive(config, field)
   _check(_number(config, 'train.num_epochs') >= 0, 'train.num_epochs', 'must be >= 0')
@@ -405,6 +436,8 @@ def validate(config, num_devices=None):
          str(trackers.problem(config.logging.trackers)))
   _check(isinstance(_get(config, 'logging.project'), str) and config.logging.project.strip(),
          'logging.project', f'must be a non-empty name, got {config.logging.project!r}')
+  _check(isinstance(_get(config, 'eval.disentanglement'), bool), 'eval.disentanglement',
+         f'expected True or False, got {config.eval.disentanglement!r}')
   _check(isinstance(config.train.exact_replicas, bool), 'train.exact_replicas',
          f'expected True or False, got {config.train.exact_replicas!r}')
   per_call = config.train.steps_per_call
@@ -417,6 +450,62 @@ def validate(config, num_devices=None):
     _check(_get(config, field) % num_devices == 0, field,
            f'{_get(config, field)} is not divisible by the {num_devices} devices: the batch '
            'is global, split over every device of every process')
+
+
+# The objective fields that only some objectives read: set with any other, they
+# would be silently ignored, so they are refused.
+_OBJECTIVE_FIELDS = {
+    'tc_weight': ('beta_tcvae', 'factor_vae'),
+    'tc_estimator': ('beta_tcvae',),
+    'dip_lambda_od': ('dip_vae_i', 'dip_vae_ii'),
+    'dip_lambda_d': ('dip_vae_i', 'dip_vae_ii'),
+    'discriminator_hidden': ('factor_vae',),
+    'discriminator_learning_rate': ('factor_vae',),
+    'discriminator_b1': ('factor_vae',),
+    'discriminator_b2': ('factor_vae',),
+}
+
+
+def _validate_disentangling(config):
+  o, m = config.objective, config.model
+  defaults = {name: default for name, default, _ in FIELDS}
+  for field, users in _OBJECTIVE_FIELDS.items():
+    value = _get(config, f'objective.{field}')
+    if o.name not in users:
+      _check(value == defaults[f'objective.{field}'] or (
+          isinstance(value, (tuple, list)) and tuple(value) == defaults[f'objective.{field}']),
+             f'objective.{field}', f'applies to {" and ".join(users)} only, not '
+             f'{o.name!r}; leave it at {defaults[f"objective.{field}"]!r}')
+  _choice(config, 'objective.tc_estimator', objectives.TC_ESTIMATORS)
+  for field in ('tc_weight', 'dip_lambda_od', 'dip_lambda_d'):
+    _check(_number(config, f'objective.{field}') >= 0, f'objective.{field}', 'must be >= 0')
+  hidden = tuple(_get(config, 'objective.discriminator_hidden'))
+  _check(len(hidden) > 0 and all(isinstance(w, int) and not isinstance(w, bool) and w > 0
+                                 for w in hidden), 'objective.discriminator_hidden',
+         f'needs one or more positive widths, got {hidden!r}')
+  _check(_number(config, 'objective.discriminator_learning_rate') > 0,
+         'objective.discriminator_learning_rate', 'must be > 0')
+  for field in ('objective.discriminator_b1', 'objective.discriminator_b2'):
+    _check(0 <= _number(config, field) < 1, field, 'must be in [0, 1)')
+  if o.name not in objectives.DISENTANGLING:
+    return
+  name = o.name
+  _check(o.num_samples == 1, 'objective.num_samples', f'{name!r} uses one sample per datapoint')
+  _check(o.free_bits == 0, 'objective.free_bits', f'{name!r} has no free bits; it must stay 0.0')
+  _check(config.train.batch_size >= 2, 'train.batch_size',
+         f'{name!r} estimates statistics of q(z) from the batch: it needs 2 or more')
+  one_gaussian = (m.get('hierarchy', 'bottom_up') == 'bottom_up' and m.posterior == 'gaussian'
+                  and not tuple(m.upper_latent_dims))
+  _check(one_gaussian, 'model.posterior' if m.posterior != 'gaussian' else (
+      'model.hierarchy' if m.get('hierarchy', 'bottom_up') != 'bottom_up'
+      else 'model.upper_latent_dims'),
+         f'{name!r} reads the mean and variance of one diagonal Gaussian q(z | x): it needs '
+         "model.posterior='gaussian', model.hierarchy='bottom_up' and no upper_latent_dims")
+  if name == 'beta_tcvae':
+    _check(m.prior == 'standard_normal' and not m.class_conditional_prior, 'model.prior',
+           "'beta_tcvae' splits the KL into per-latent terms, which needs a prior that "
+           "factorises over latents: model.prior='standard_normal' without "
+           'class_conditional_prior')
 
 
 def to_json(config) -> str:

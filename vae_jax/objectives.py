@@ -1,18 +1,38 @@
-"""Training objectives: the ELBO (with beta, KL warm-up and free bits) and the IWAE bound.
+"""Training objectives: the ELBO (beta, KL warm-up, free bits), the IWAE bound, and the
+disentangling objectives (beta-TCVAE, FactorVAE, DIP-VAE I and II).
 
 Every function here is pure and traceable, so it can run inside the jitted,
 `lax.scan`ned train step. Metrics are means over the batch, in nats per example.
 They read only the model's terms (models/vae.py): log p(x | z) [k, B] and, per
 stochastic layer, (z, log q, log p, analytic KL or None). Nothing here asks
-which prior, posterior, likelihood or hierarchy the model has.
+which prior, posterior, likelihood or hierarchy the model has; the
+disentangling objectives read one layer's Gaussian (mean, log_var), which
+config validation makes sure the model has.
+
+FactorVAE trains a discriminator beside the VAE. Its parameters sit in the
+parameter tree under 'discriminator' (`extra_params`; the VAE's modules never
+read them) with their own optimiser (`extra_optimizers`), and its loss is added
+to the VAE's with each side's inputs behind `stop_gradient`, so one gradient
+holds the VAE's gradient of the VAE loss and the discriminator's gradient of
+its own loss, and one train step updates both, as Kim & Mnih's Algorithm 1.
 """
 
+import functools
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+import optax
 
-OBJECTIVES = ('elbo', 'iwae')
+from vae_jax import distributions
+
+DISENTANGLING = ('beta_tcvae', 'factor_vae', 'dip_vae_i', 'dip_vae_ii')
+OBJECTIVES = ('elbo', 'iwae') + DISENTANGLING
+TC_ESTIMATORS = ('mws', 'mss')
+DISCRIMINATOR = 'discriminator'  # FactorVAE's top-level key in the parameter tree.
+_DISCRIMINATOR_INIT_STREAM = 0xD15C  # fold_in tag of its init key (the VAE's is untouched).
 
 
 def draw_noise(model, key, num_samples, batch_size):
@@ -131,14 +151,225 @@ def iwae_bound(model, params, x, key, *, num_samples, labels=None):
   return loss, metrics
 
 
-def make_loss_fn(model, objective, *, beta, warmup_steps, free_bits, num_samples):
+def _gaussian_terms(model, params, x, key, labels):
+  """(terms, z, mean, log_var) of one sample per image, each [B, D], from a one-layer
+  model with a diagonal Gaussian q (what config validation allows these objectives)."""
+  t = terms(model, params, x, draw_noise(model, key, 1, x.shape[0]), labels)
+  layer = t.layers[0]
+  mean, log_var = (jnp.broadcast_to(a, layer.z.shape)[0] for a in (layer.mean, layer.log_var))
+  return t, layer.z[0], mean, log_var
+
+
+def log_batch_weights(batch_size, dataset_size, estimator):
+  """log w [B, B], row i the weights of q(z_i) ~ sum_j w_ij q(z_i | x_j) over the batch.
+
+  Chen et al. 2018, "Isolating Sources of Disentanglement in VAEs", sec. 3 and
+  app. C. 'mss' (minibatch stratified sampling): z_i's own image weighs 1/N, one
+  other (N - M) / (N M) and the rest 1/M, M = B - 1, an unbiased estimate of
+  q(z_i) = (1/N) sum_n q(z_i | x_n) (the own image taken from the diagonal,
+  which the paper's code misplaces, rtqichen/beta-tcvae#1). 'mws' (minibatch
+  weighted sampling): 1/B each. Every row sums to 1, so a batch of identical
+  posteriors has q(z) = q(z | x) and no total correlation. Chen et al.'s MWS
+  divides by N B instead of B; that shifts log q(z) by -log N and the reported
+  TC by (D - 1) log N, and leaves every gradient as it is.
+  """
+  if estimator == 'mws':
+    return jnp.full((batch_size, batch_size), -math.log(batch_size))
+  if estimator != 'mss':
+    raise ValueError(f'objective.tc_estimator: {estimator!r} is not one of {TC_ESTIMATORS}')
+  n, m = dataset_size, batch_size - 1
+  if m < 1 or n <= m:
+    raise ValueError(f"objective.tc_estimator='mss' needs 2 <= batch size < dataset size, "
+                     f'got {batch_size} and {dataset_size}')
+  w = np.full((batch_size, batch_size), 1.0 / m)
+  rows = np.arange(batch_size)
+  w[rows, rows] = 1.0 / n
+  w[rows, (rows + 1) % batch_size] = (n - m) / (n * m)
+  return jnp.asarray(np.log(w), jnp.float32)
+
+
+def decomposed_kl(z, mean, log_var, log_pz, log_w):
+  """Chen et al.'s decomposition of log q(z | x) - log p(z), each [B], for z [B, D]:
+
+    index-code MI       log q(z_i | x_i) - log q(z_i)
+    total correlation   log q(z_i) - sum_d log q(z_id)
+    dimension-wise KL   sum_d log q(z_id) - log p(z_i)
+
+  q(z) and each marginal q(z_d) estimated from the batch with weights log_w
+  (`log_batch_weights`); log_pz [B] the prior's density, which must factorise
+  over latents for the last term to be a sum of per-latent KLs. The three add
+  up to log q(z_i | x_i) - log p(z_i) exactly, whatever the estimate.
+  """
+  pairs = distributions.gaussian_log_prob(z[:, None, :], mean[None], log_var[None])  # [B, B, D]
+  log_qz_x = jnp.sum(jnp.diagonal(pairs, axis1=0, axis2=1), axis=0)
+  log_qz = jax.nn.logsumexp(log_w + jnp.sum(pairs, axis=-1), axis=1)
+  log_qz_product = jnp.sum(jax.nn.logsumexp(log_w[:, :, None] + pairs, axis=1), axis=-1)
+  return log_qz_x - log_qz, log_qz - log_qz_product, log_qz_product - log_pz
+
+
+def beta_tcvae(model, params, x, key, *, kl_weight=1.0, tc_weight=1.0, dataset_size,
+               estimator='mws', labels=None):
+  """Chen et al. 2018: -E log p(x | z) + kl_weight * (MI + dimension-wise KL) + tc_weight * TC.
+
+  The paper's alpha = gamma = kl_weight (beta-TCVAE's defaults: 1) and its beta
+  = tc_weight; tc_weight = kl_weight is the beta-VAE with a sampled KL. Metrics:
+  'elbo' (analytic KL), 'recon', 'kl', 'mi', 'tc', 'dimwise_kl', 'loss'.
+  """
+  t, z, mean, log_var = _gaussian_terms(model, params, x, key, labels)
+  layer = t.layers[0]
+  log_pz = jnp.sum(layer.log_p.reshape(layer.z.shape[:2] + (-1,))[0], axis=-1)
+  mi, tc, dimwise_kl = decomposed_kl(
+      z, mean, log_var, log_pz, log_batch_weights(x.shape[0], dataset_size, estimator))
+  recon, kl = t.log_px_z[0], jnp.sum(rates(t)[0], axis=-1)
+  loss = (-jnp.mean(recon) + kl_weight * (jnp.mean(mi) + jnp.mean(dimwise_kl))
+          + tc_weight * jnp.mean(tc))
+  metrics = {'elbo': jnp.mean(recon - kl), 'recon': jnp.mean(recon), 'kl': jnp.mean(kl),
+             'mi': jnp.mean(mi), 'tc': jnp.mean(tc), 'dimwise_kl': jnp.mean(dimwise_kl),
+             'loss': loss}
+  return loss, metrics
+
+
+def dip_regularizer(mean, log_var, *, lambda_od, lambda_d, kind):
+  """Kumar et al. 2018, eq. 6 / 8: lambda_od sum_{i != j} C_ij^2 + lambda_d sum_i (C_ii - 1)^2.
+
+  C is the covariance of the posterior means over the batch (DIP-VAE I), or of
+  q(z) itself, that plus the mean of the posterior variances (DIP-VAE II).
+  """
+  centred = mean - jnp.mean(mean, axis=0)
+  cov = centred.T @ centred / mean.shape[0]
+  if kind == 'ii':
+    cov = cov + jnp.diag(jnp.mean(jnp.exp(log_var), axis=0))
+  diagonal = jnp.diagonal(cov)
+  off_diagonal = cov - jnp.diag(diagonal)
+  return lambda_od * jnp.sum(jnp.square(off_diagonal)) + lambda_d * jnp.sum(jnp.square(diagonal - 1))
+
+
+def dip_vae(model, params, x, key, *, kl_weight=1.0, lambda_od, lambda_d, kind, labels=None):
+  """Kumar et al. 2018: the negative ELBO (KL weighted) plus `dip_regularizer`.
+  Metrics: 'elbo', 'recon', 'kl', 'dip_regularizer', 'loss'."""
+  t, _, mean, log_var = _gaussian_terms(model, params, x, key, labels)
+  recon, kl = t.log_px_z[0], jnp.sum(rates(t)[0], axis=-1)
+  regularizer = dip_regularizer(mean, log_var, lambda_od=lambda_od, lambda_d=lambda_d, kind=kind)
+  loss = -jnp.mean(recon) + kl_weight * jnp.mean(kl) + regularizer
+  metrics = {'elbo': jnp.mean(recon - kl), 'recon': jnp.mean(recon), 'kl': jnp.mean(kl),
+             'dip_regularizer': regularizer, 'loss': loss}
+  return loss, metrics
+
+
+class Discriminator(nn.Module):
+  """FactorVAE's discriminator: z [B, D] -> logits [B, 2] of (from q(z), from prod_d q(z_d)).
+  Kim & Mnih 2018, app.: 6 layers of 1,000 units with leaky ReLU (slope 0.2)."""
+
+  hidden: tuple
+
+  @nn.compact
+  def __call__(self, z):
+    h = z
+    for width in self.hidden:
+      h = nn.leaky_relu(nn.Dense(width)(h), 0.2)
+    return nn.Dense(2)(h)
+
+
+def permute_dims(key, z):
+  """Each latent of z [B, D] shuffled over the batch on its own: samples of prod_d q(z_d)."""
+  keys = jax.random.split(key, z.shape[-1])
+  return jax.vmap(lambda k, column: jax.random.permutation(k, column), in_axes=(0, 1),
+                  out_axes=1)(keys, z)
+
+
+def factor_vae(model, params, x, key, *, kl_weight=1.0, tc_weight, discriminator, labels=None):
+  """Kim & Mnih 2018: -ELBO (KL weighted) + tc_weight * TC, TC = E_q(z) log D(z) / (1 - D(z))
+  from the discriminator, which learns to tell z ~ q(z) from its latents permuted
+  across the batch (disentanglement_lib's choice: the same batch, not a second one).
+  Returns the sum of the VAE's and the discriminator's losses, each blind to the
+  other's parameters. Metrics: 'elbo', 'recon', 'kl', 'tc', 'loss' (the VAE's),
+  'discriminator_loss', 'discriminator_accuracy'.
+  """
+  z_key, permute_key = jax.random.split(key)
+  t, z, _, _ = _gaussian_terms(model, params, x, z_key, labels)
+  recon, kl = t.log_px_z[0], jnp.sum(rates(t)[0], axis=-1)
+  d_params = params[DISCRIMINATOR]
+  logits = discriminator.apply({'params': jax.lax.stop_gradient(d_params)}, z)
+  tc = jnp.mean(logits[:, 0] - logits[:, 1])
+  vae_loss = -jnp.mean(recon) + kl_weight * jnp.mean(kl) + tc_weight * tc
+  fixed = jax.lax.stop_gradient(z)
+  both = discriminator.apply({'params': d_params},
+                             jnp.concatenate([fixed, permute_dims(permute_key, fixed)]))
+  targets = jnp.concatenate([jnp.zeros(len(z), jnp.int32), jnp.ones(len(z), jnp.int32)])
+  d_loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(both, targets))
+  metrics = {'elbo': jnp.mean(recon - kl), 'recon': jnp.mean(recon), 'kl': jnp.mean(kl),
+             'tc': tc, 'loss': vae_loss, 'discriminator_loss': d_loss,
+             'discriminator_accuracy': jnp.mean(jnp.argmax(both, -1) == targets)}
+  return vae_loss + d_loss, metrics
+
+
+def extra_params(objective_config, model, key) -> dict:
+  """Parameters the objective trains beside the model's (top-level keys of the tree): FactorVAE's
+  discriminator, from its own stream of `key`, so the model's initial parameters stay as
+  they are; {} for every other objective."""
+  if objective_config.name != 'factor_vae':
+    return {}
+  discriminator = Discriminator(tuple(objective_config.discriminator_hidden))
+  d_key = jax.random.fold_in(key, _DISCRIMINATOR_INIT_STREAM)
+  return {DISCRIMINATOR: discriminator.init(d_key, jnp.zeros((1, model.noise_dim)))['params']}
+
+
+def extra_optimizers(objective_config) -> dict:
+  """{top-level key: its optax optimiser} for the parameters of `extra_params`: FactorVAE's
+  discriminator with Adam at the paper's settings (lr 1e-4, b1 0.5, b2 0.9 by default)."""
+  if objective_config.name != 'factor_vae':
+    return {}
+  return {DISCRIMINATOR: optax.adam(objective_config.discriminator_learning_rate,
+                                    b1=objective_config.discriminator_b1,
+                                    b2=objective_config.discriminator_b2)}
+
+
+def loss_fn_of_config(model, objective_config, dataset_size):
+  """`make_loss_fn` with the config's objective fields; dataset_size N for the 'mss' estimate."""
+  o = objective_config
+  options = {}
+  if o.name in DISENTANGLING:
+    options = dict(tc_weight=o.tc_weight, tc_estimator=o.tc_estimator,
+                   dataset_size=dataset_size, dip_lambda_od=o.dip_lambda_od,
+                   dip_lambda_d=o.dip_lambda_d,
+                   discriminator_hidden=tuple(o.discriminator_hidden))
+  return make_loss_fn(model, o.name, beta=o.beta, warmup_steps=o.kl_warmup_steps,
+                      free_bits=o.free_bits, num_samples=o.num_samples, **options)
+
+
+def make_loss_fn(model, objective, *, beta, warmup_steps, free_bits, num_samples,
+                 tc_weight=1.0, tc_estimator='mws', dataset_size=0, dip_lambda_od=10.0,
+                 dip_lambda_d=100.0, discriminator_hidden=(1000,) * 6):
   """The config's objective as loss_fn(params, x, key, step, labels=None) -> (loss, metrics).
 
   'elbo' uses one sample, beta with linear warm-up and free bits, and reports the
   weight in use as metric 'kl_weight'. 'iwae' uses `num_samples` samples and has
   no KL term to weight, so beta, warm-up and free bits must be left at their
-  neutral values (1, 0, 0) rather than be silently ignored.
+  neutral values (1, 0, 0) rather than be silently ignored. The disentangling
+  objectives (DISENTANGLING) use one sample, beta with warm-up as the weight of
+  their KL terms, and their own fields; they have no free bits.
   """
+  if objective in DISENTANGLING:
+    if num_samples != 1 or free_bits != 0.0:
+      raise ValueError(f'objective.num_samples and objective.free_bits: {objective!r} uses one '
+                       f'sample and no free bits (got {num_samples}, {free_bits})')
+    if objective == 'beta_tcvae':
+      log_batch_weights(2, max(dataset_size, 2) + 1, tc_estimator)  # Refuses an unknown name.
+      kind = functools.partial(beta_tcvae, tc_weight=tc_weight, dataset_size=dataset_size,
+                               estimator=tc_estimator)
+    elif objective == 'factor_vae':
+      kind = functools.partial(factor_vae, tc_weight=tc_weight,
+                               discriminator=Discriminator(tuple(discriminator_hidden)))
+    else:
+      kind = functools.partial(dip_vae, lambda_od=dip_lambda_od, lambda_d=dip_lambda_d,
+                               kind=objective.rsplit('_', 1)[1])
+
+    def disentangling_loss(params, x, key, step, labels=None):
+      weight = kl_weight(step, beta, warmup_steps)
+      loss, metrics = kind(model, params, x, key, kl_weight=weight, labels=labels)
+      return loss, dict(metrics, kl_weight=weight)
+
+    return disentangling_loss
   if objective == 'elbo':
     if num_samples != 1:
       raise ValueError(f"objective.num_samples={num_samples}: the 'elbo' objective uses one "

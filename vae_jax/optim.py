@@ -89,9 +89,26 @@ def ema_params(opt_state):
   return found[0].ema if found else None
 
 
-def make_optimizer(opt_config, num_steps) -> optax.GradientTransformation:
+_MODEL = 'model'  # The multi_transform label of the model's parameters.
+
+
+def _labels_of(extra_keys):
+  def labels(params):
+    return {key: jax.tree.map(lambda _, k=key: k if k in extra_keys else _MODEL, value)
+            for key, value in params.items()}
+  return labels
+
+
+def make_optimizer(opt_config, num_steps, extra=None) -> optax.GradientTransformation:
   """Builds the update rule; gradient clipping (by global norm) comes first, the moving
-  average of the parameters (optimizer.ema_decay > 0) last."""
+  average of the parameters (optimizer.ema_decay > 0) last.
+
+  `extra` ({top-level key: optimiser}, objectives.extra_optimizers) gives the
+  parameters an objective trains beside the model (FactorVAE's discriminator)
+  their own rule through `optax.multi_transform`; the config's rule, clipping
+  included, then applies to the model's parameters only, and the moving average
+  to all of them.
+  """
   schedule = learning_rate_schedule(opt_config, num_steps)
   name = opt_config.name
   if name == 'adam':
@@ -110,6 +127,8 @@ def make_optimizer(opt_config, num_steps) -> optax.GradientTransformation:
     tx = optax.chain(optax.add_decayed_weights(opt_config.weight_decay), tx)
   if opt_config.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(opt_config.grad_clip_norm), tx)
+  if extra:
+    tx = optax.multi_transform({**extra, _MODEL: tx}, _labels_of(tuple(extra)))
   if opt_config.get('ema_decay', 0.0):
     tx = optax.chain(tx, params_ema(opt_config.ema_decay))
   return tx

@@ -23,6 +23,7 @@ import optax
 from vae_jax import checkpoint
 from vae_jax import config as config_lib
 from vae_jax import data
+from vae_jax import disentanglement
 from vae_jax import evaluate
 from vae_jax import logging as vlog
 from vae_jax import models
@@ -85,7 +86,8 @@ def build_experiment(config) -> Experiment:
                             levels=data.levels(dataset.binarization),
                             num_classes=dataset.num_classes)
   num_steps, steps_per_epoch = resolve_num_steps(config.train, dataset.num_train)
-  tx = optim.make_optimizer(config.optimizer, num_steps)
+  tx = optim.make_optimizer(config.optimizer, num_steps,
+                            objectives.extra_optimizers(config.objective))
   seeds = replica_seeds(config)
   return Experiment(config, dataset, model, tx, num_steps, steps_per_epoch,
                     root_keys(config.seed), seeds)
@@ -110,6 +112,7 @@ def init_state(exp: Experiment, seed: int | None = None) -> TrainState:
   # init_key, and so every initial parameter, stays what it has always been.
   init_key, _ = jax.random.split(keys['init'])
   params = models.init_params(exp.model, init_key, exp.dataset.image_shape)
+  params = {**params, **objectives.extra_params(exp.config.objective, exp.model, init_key)}
   return TrainState(jnp.zeros((), jnp.int32), params, exp.tx.init(params))
 
 
@@ -224,10 +227,7 @@ def make_train_step(exp: Experiment):
   [S, T]: the same step, `jax.vmap`ped over the replicas.
   """
   c = exp.config
-  loss_fn = objectives.make_loss_fn(
-      exp.model, c.objective.name, beta=c.objective.beta,
-      warmup_steps=c.objective.kl_warmup_steps, free_bits=c.objective.free_bits,
-      num_samples=c.objective.num_samples)
+  loss_fn = objectives.loss_fn_of_config(exp.model, c.objective, exp.dataset.num_train)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   binarization = exp.dataset.binarization
   dequantize = exp.model.likelihood.dequantize
@@ -768,6 +768,11 @@ def _final_evaluation(trainer: Trainer, state) -> dict:
       if record:
         r.writer.write(step, 'eval', ll)
       metrics.update(ll)
+    if config.eval.disentanglement and exp.dataset.train_factors is not None:
+      scores = _disentanglement(config, exp, rs.params, r.seed)
+      if record:
+        r.writer.write(step, 'eval', scores)
+      metrics.update(scores)
     if trainer.main:
       workdir_lib.write_json(os.path.join(r.workdir, 'final_metrics.json'),
                              dict(metrics, step=step))
@@ -780,7 +785,7 @@ def _final_evaluation(trainer: Trainer, state) -> dict:
   if not trainer.multi:
     metrics = results[0]
     ll = f', log p(x) {metrics["log_px"]:.2f} nats (K={k})' if 'log_px' in metrics else ''
-    vlog.info(f'Final held-out ELBO ({config.data.eval_split}, {images}): '
+    vlog.info(f'Final {_held_out(exp)}ELBO ({config.data.eval_split}, {images}): '
               f'{metrics["elbo"]:.2f} nats{ll}')
     return metrics
   summary = _across_seeds(results, exp.seeds)
@@ -790,10 +795,27 @@ def _final_evaluation(trainer: Trainer, state) -> dict:
   elbos = [m['elbo'] for m in results]
   ll = (f'; log p(x) {summary["log_px"]:.2f} \u00b1 {summary["log_px_std"]:.2f} nats (K={k})'
         if 'log_px' in summary else '')
-  vlog.info(f'Final held-out ELBO ({config.data.eval_split}, {images}), '
+  vlog.info(f'Final {_held_out(exp)}ELBO ({config.data.eval_split}, {images}), '
             f'{len(elbos)} seeds: {summary["elbo"]:.2f} \u00b1 {summary["elbo_std"]:.2f} nats '
             f'(per seed: {", ".join(f"{e:.2f}" for e in elbos)}){ll}')
   return summary
+
+
+def _held_out(exp) -> str:
+  """'held-out ', except for factor datasets, which evaluate on images they train on."""
+  return '' if exp.dataset.train_factors is not None else 'held-out '
+
+
+def _disentanglement(config, exp, params, seed) -> dict:
+  """The disentanglement metrics of `params` on the training data, with a line saying so."""
+  start = time.time()
+  scores = disentanglement.evaluate_model(
+      exp.model, params, exp.dataset, seed, num_train=config.eval.disentanglement_num_train,
+      num_eval=config.eval.disentanglement_num_eval, batch_size=config.eval.batch_size)
+  vlog.info(f'Disentanglement (seed {seed}, {time.time() - start:.0f} s): ' + ', '.join(
+      f'{name} {scores[name]:.3f}' for name in (
+          'beta_vae_score', 'factor_vae_score', 'mig', 'dci_disentanglement', 'sap')))
+  return scores
 
 
 def _across_seeds(results, seeds) -> dict:

@@ -28,13 +28,16 @@ class Layer(NamedTuple):
   factorise over the layer's latents, else per example [k, B]; kl the analytic
   KL(q || p) per latent (broadcastable to z) where it exists, else None; mean
   E[z | x, the layers it is conditioned on] in closed form where q gives it
-  (a diagonal Gaussian), else the sample z.
+  (a diagonal Gaussian), else the sample z; log_var the diagonal Gaussian's log
+  variance [k, B, D] where q is one (what the objectives that estimate the
+  aggregate posterior q(z) from a batch read), else None.
   """
   z: jax.Array
   log_q: jax.Array
   log_p: jax.Array
   kl: Optional[jax.Array]
   mean: jax.Array
+  log_var: Optional[jax.Array] = None
 
 
 class Terms(NamedTuple):
@@ -49,7 +52,8 @@ def make_layer(draw, log_p, kl=None):
   if log_q.shape != log_p.shape:
     lead = draw.z.shape[:2]
     log_q, log_p = (jnp.sum(a.reshape(lead + (-1,)), -1) for a in (log_q, log_p))
-  return Layer(draw.z, log_q, log_p, kl, draw.z if draw.mean is None else draw.mean)
+  return Layer(draw.z, log_q, log_p, kl, draw.z if draw.mean is None else draw.mean,
+               draw.log_var)
 
 
 def _rows(a):

@@ -243,8 +243,7 @@ def _read_only(array: np.ndarray) -> np.ndarray:
 
 def _binarize_at_load(images: np.ndarray, name: str, binarization: str) -> np.ndarray:
   """'static' thresholds 0..255 intensities at 1/2, once; _STORED_BINARY data are 0/1 already."""
-  # Data stored as 0/1 stay so; 0..255 intensities (mock data among them) are thresholded.
-  if binarization == 'static' and (name not in _STORED_BINARY or images.max(initial=0) > 1):
+  if binarization == 'static' and name not in _STORED_BINARY:
     images = (images > 127).astype(np.uint8)
   return _read_only(images)
 

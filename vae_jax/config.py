@@ -494,13 +494,12 @@ def _validate_disentangling(config):
   _check(o.free_bits == 0, 'objective.free_bits', f'{name!r} has no free bits; it must stay 0.0')
   _check(config.train.batch_size >= 2, 'train.batch_size',
          f'{name!r} estimates statistics of q(z) from the batch: it needs 2 or more')
-  one_gaussian = (m.get('hierarchy', 'bottom_up') == 'bottom_up' and m.posterior == 'gaussian'
-                  and not tuple(m.upper_latent_dims))
-  _check(one_gaussian, 'model.posterior' if m.posterior != 'gaussian' else (
-      'model.hierarchy' if m.get('hierarchy', 'bottom_up') != 'bottom_up'
-      else 'model.upper_latent_dims'),
-         f'{name!r} reads the mean and variance of one diagonal Gaussian q(z | x): it needs '
-         "model.posterior='gaussian', model.hierarchy='bottom_up' and no upper_latent_dims")
+  for field, ok in (('model.posterior', m.posterior == 'gaussian'),
+                    ('model.hierarchy', m.get('hierarchy', 'bottom_up') == 'bottom_up'),
+                    ('model.upper_latent_dims', not tuple(m.upper_latent_dims))):
+    _check(ok, field, f'{name!r} reads the mean and variance of one diagonal Gaussian '
+           "q(z | x): it needs model.posterior='gaussian', model.hierarchy='bottom_up' and no "
+           'upper_latent_dims')
   if name == 'beta_tcvae':
     _check(m.prior == 'standard_normal' and not m.class_conditional_prior, 'model.prior',
            "'beta_tcvae' splits the KL into per-latent terms, which needs a prior that "

@@ -380,19 +380,13 @@ def _tfds_split(name: str, data_dir: str, split: str, binarization: str,
       _write_cached_split(builder, name, split, images, labels)
   if labels is not None:
     # The tables are what config validation trusts; data they do not describe are refused.
-    if name in FACTORS:
-      for column, (factor, size) in enumerate(FACTORS[name]):
-        bad = (labels[:, column] < 0) | (labels[:, column] >= size)
-        if bad.any():
-          raise DatasetError(
-              f'dataset {name!r}: split {split!r} in {data_dir} has {factor} '
-              f'{int(labels[bad, column][0])}, outside [0, {size})')
-    else:
-      bad = (labels < 0) | (labels >= NUM_CLASSES[name])
+    columns = FACTORS.get(name) or (('label', NUM_CLASSES[name]),)
+    for column, (factor, size) in zip(labels.reshape(len(labels), -1).T, columns):
+      bad = (column < 0) | (column >= size)
       if bad.any():
         raise DatasetError(
-            f'dataset {name!r}: split {split!r} in {data_dir} has label '
-            f'{int(labels[bad][0])}, outside [0, {NUM_CLASSES[name]})')
+            f'dataset {name!r}: split {split!r} in {data_dir} has {factor} '
+            f'{int(column[bad][0])}, outside [0, {size})')
     labels = _read_only(labels)
   return _binarize_at_load(images, name, binarization), labels
 
@@ -548,20 +542,17 @@ def _read_split(source, label_keys: tuple) -> tuple:
   Both come out of the same bulk reads into preallocated arrays: one pass.
   """
   n, images = len(source), None
-  with_labels = bool(label_keys)
-  factors = label_keys != ('label',)
-  labels = np.empty((n, len(label_keys)) if factors else (n,), np.int32) if with_labels else None
+  labels = np.empty((n, len(label_keys)), np.int32)
   for start in range(0, n, _READ_CHUNK):
     records = _read_records(source, range(start, min(start + _READ_CHUNK, n)))
     block = np.stack([np.asarray(r['image'], np.uint8) for r in records])
     if images is None:
       images = np.empty((n,) + block.shape[1:], np.uint8)
     images[start:start + len(block)] = block
-    if with_labels and factors:
-      labels[start:start + len(block)] = [[r[k] for k in label_keys] for r in records]
-    elif with_labels:
-      labels[start:start + len(block)] = [r['label'] for r in records]
-  return images, labels
+    labels[start:start + len(block)] = [[r[k] for k in label_keys] for r in records]
+  if not label_keys:
+    return images, None
+  return images, np.ascontiguousarray(labels[:, 0]) if label_keys == ('label',) else labels
 
 
 def _read_records(source, keys: range) -> list:

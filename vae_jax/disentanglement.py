@@ -25,12 +25,10 @@ import contextlib
 import math
 import warnings
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from vae_jax import data
-from vae_jax import objectives
+from vae_jax import evaluate as evaluate_lib
 
 METRICS = ('beta_vae', 'factor_vae', 'mig', 'dci', 'sap')
 # Images encoded per call of the representation function: bounds the memory of
@@ -87,25 +85,14 @@ class GroundTruth:
 def mean_representation(model, params, binarization, batch_size=500):
   """images uint8 [n, ...] -> float64 codes [n, D]: every layer's posterior mean, flattened.
 
-  The means E_q[z | x] of one layer's Gaussian, or of each layer in turn for a
-  hierarchy; batches are padded to `batch_size`, so one program serves any n.
+  evaluate.posterior_means, the means active units read: E_q[z | x] of one
+  layer's Gaussian, or of each layer in turn for a hierarchy; from one draw
+  where a layer has no closed-form mean (a flow).
   """
-  @jax.jit
-  def means(params, images):
-    x = data.to_float(images, binarization)
-    eps = jnp.zeros((1, x.shape[0], model.noise_dim))
-    layers = objectives.terms(model, params, x, eps, decode=False).layers
-    return jnp.concatenate([jnp.broadcast_to(l.mean, l.z.shape)[0].reshape(x.shape[0], -1)
-                            for l in layers], axis=-1)
-
   def represent(images):
-    out = []
-    for start in range(0, len(images), batch_size):
-      batch = images[start:start + batch_size]
-      padded = np.concatenate([batch, np.zeros((batch_size - len(batch),) + batch.shape[1:],
-                                               batch.dtype)]) if len(batch) < batch_size else batch
-      out.append(np.asarray(means(params, padded))[:len(batch)])
-    return np.concatenate(out).astype(np.float64)
+    means = evaluate_lib.posterior_means(model, params, data.to_float(images, binarization),
+                                     batch_size=batch_size, num_samples=1)
+    return np.concatenate([m.reshape(len(m), -1) for m in means], axis=-1).astype(np.float64)
   return represent
 
 

@@ -259,6 +259,14 @@ def _per_layer(model, params, images, batch_size, key, num_samples, labels):
           [stats[f'kl_{i}'] for i in range(num_layers)])
 
 
+def posterior_means(model, params, images, *, batch_size=500, key=None,
+                    num_samples=DEFAULT_POSTERIOR_SAMPLES, labels=None) -> list:
+  """E_q[z_l | x] over a split, [N, D_l] per layer, bottom-up: the closed-form mean
+  where q gives one, else a Monte Carlo average over `num_samples` draws keyed by `key`."""
+  means, _ = _per_layer(model, params, images, batch_size, key, num_samples, labels)
+  return means
+
+
 def active_units(model, params, images, *, threshold=0.01, batch_size=500, key=None,
                  num_samples=DEFAULT_POSTERIOR_SAMPLES, labels=None) -> dict:
   """Counts latents with Cov_x(E_q[z_d | x]) > threshold (Burda et al. 2015, sec. 5.2).
@@ -268,7 +276,8 @@ def active_units(model, params, images, *, threshold=0.01, batch_size=500, key=N
   Where E_q[z_l | x] has no closed form (a layer above the first, a flow) it is
   a Monte Carlo average over `num_samples` draws keyed by `key`.
   """
-  means, _ = _per_layer(model, params, images, batch_size, key, num_samples, labels)
+  means = posterior_means(model, params, images, batch_size=batch_size, key=key,
+                          num_samples=num_samples, labels=labels)
   variances = [np.var(m, axis=0) for m in means]
   return {
       'active_units': int(sum(np.sum(v > threshold) for v in variances)),

@@ -354,7 +354,9 @@ def make_loss_fn(model, objective, *, beta, warmup_steps, free_bits, num_samples
       raise ValueError(f'objective.num_samples and objective.free_bits: {objective!r} uses one '
                        f'sample and no free bits (got {num_samples}, {free_bits})')
     if objective == 'beta_tcvae':
-      log_batch_weights(2, max(dataset_size, 2) + 1, tc_estimator)  # Refuses an unknown name.
+      if tc_estimator not in TC_ESTIMATORS:
+        raise ValueError(f'objective.tc_estimator: {tc_estimator!r} is not one of '
+                         f'{TC_ESTIMATORS}')
       kind = functools.partial(beta_tcvae, tc_weight=tc_weight, dataset_size=dataset_size,
                                estimator=tc_estimator)
     elif objective == 'factor_vae':

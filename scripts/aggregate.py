@@ -9,7 +9,8 @@ final and best metrics; and, where evaluate_workdir has run, its log p(x),
 bits/dim and active units as eval_* columns, from the JSON of the most images
 and samples), results_over_seeds.csv (mean and std over seeds),
 learning_curves.png (held-out ELBO against step, one line per run) and, with
---x, final_vs_<x>.png (mean +- std over seeds of the final ELBO terms). Both
+--x, final_vs_<x>.png (mean +- std over seeds of the final ELBO terms). The
+summary has every final number the runs report (the ELBO terms first). Both
 files are sorted by the swept values, numbers as numbers. A multi-seed workdir
 stands for its seed_* replicas.
 
@@ -109,7 +110,12 @@ def main(argv):
     sys.exit(f'error: no finished runs in {" ".join(workdirs) or out_dir} (none has '
              f'{sweep.FINAL_METRICS})')
   write_csv(os.path.join(out_dir, 'results.csv'), rows)
+  # The ELBO terms first, then every other final number the runs report (the
+  # disentanglement scores of a factor dataset, for one).
   metrics = ['final_elbo', 'final_recon', 'final_kl', 'best_elbo', 'eval_log_px']
+  metrics += sorted({k for r in rows for k, v in r.items() if k.startswith('final_')
+                     and k not in metrics and k != 'final_step'
+                     and isinstance(v, (int, float)) and not isinstance(v, bool)})
   groups = sweep.group_over_seeds(rows, [m for m in metrics if any(m in r for r in rows)])
   write_csv(os.path.join(out_dir, 'results_over_seeds.csv'), groups)
   print('  (<metric>_std: sample std over seeds, ddof=1)')

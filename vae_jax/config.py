@@ -125,10 +125,30 @@ FIELDS = (
     ('model.num_mixtures', 10, 'Components of the logistic_mixture likelihood.'),
     ('model.prior', 'standard_normal', 'p(z) of the top layer: standard_normal, mixture '
      '(prior_components learned Gaussians) or vamp (Tomczak & Welling 2018: prior_components '
-     'pseudo-inputs through the encoder).'),
+     'pseudo-inputs through the encoder); for a VQ-VAE (posterior vq) a prior over its code '
+     'grid: uniform while it trains, pixelcnn (an autoregressive prior, learned afterwards by '
+     'objective code_prior from the VQ-VAE in prior_workdir).'),
     ('model.prior_components', 500, 'Components of the mixture and vamp priors.'),
-    ('model.posterior', 'gaussian', 'q(z_1 | x): gaussian, or iaf (Kingma et al. 2016): '
-     'iaf_steps MADE steps on the Gaussian.'),
+    ('model.posterior', 'gaussian', 'q(z_1 | x): gaussian, iaf (Kingma et al. 2016): '
+     'iaf_steps MADE steps on the Gaussian, or vq (the VQ-VAE, van den Oord et al. 2017): the '
+     "conv encoder's grid of latent_dim-vectors, each replaced by the nearest of "
+     'codebook_size codebook vectors (a one-hot q).'),
+    ('model.codebook_size', 512, 'vq: K, the codebook vectors (codes).'),
+    ('model.codebook_update', 'ema', "vq: how the codebook learns: 'ema', moving averages of "
+     "the vectors assigned to each code (van den Oord et al. 2017, app. A.1), or 'loss', "
+     'gradients of |sg(z_e) - e|^2 (eq. 3).'),
+    ('model.codebook_decay', 0.99, 'vq with ema: the decay of the moving averages.'),
+    ('model.codebook_restart', 0.0, "vq with ema: a code whose moving-average count (assignments "
+     'per batch) falls below this is moved to an encoder output of the batch drawn at random '
+     '(dead-code restarts); 0: never.'),
+    ('model.vq_residual_blocks', 2, 'vq: residual blocks after the encoder\'s strided '
+     'convolutions (one stride-2 4x4 layer per entry of conv_features) and before the '
+     "decoder's."),
+    ('model.prior_features', 64, 'pixelcnn: channels of the prior over the code grid.'),
+    ('model.prior_layers', 8, 'pixelcnn: its residual masked 3x3 layers (after a 7x7 one).'),
+    ('model.prior_workdir', '', 'code_prior: the workdir of the trained VQ-VAE (objective '
+     'vq_vae) whose encoder, codebook and decoder the prior is learned for; they are loaded at '
+     'the first step and stay frozen.'),
     ('model.iaf_steps', 2, 'Autoregressive steps of the iaf posterior.'),
     ('model.iaf_hidden', (320, 320), 'Hidden widths of each MADE step.'),
     ('model.iaf_context_dim', 100, 'Size of the context h the encoder gives each IAF step.'),
@@ -156,9 +176,10 @@ FIELDS = (
      '(less memory, more compute).'),
 
     ('objective.name', 'elbo', f'One of {OBJECTIVES}: the ELBO, the IWAE bound with '
-     'num_samples samples (Burda et al. 2015), or a disentangling objective: beta_tcvae (Chen '
+     'num_samples samples (Burda et al. 2015), a disentangling objective: beta_tcvae (Chen '
      'et al. 2018), factor_vae (Kim & Mnih 2018), dip_vae_i and dip_vae_ii (Kumar et al. '
-     '2018).'),
+     '2018), or a VQ-VAE stage: vq_vae (van den Oord et al. 2017: reconstruction, commitment '
+     'and codebook) and code_prior (its prior over the codes, the rest frozen).'),
     ('objective.beta', 1.0, 'The KL weight (beta-VAE; the rate-distortion trade-off). Not for '
      'iwae.'),
     ('objective.kl_warmup_steps', 0, 'Steps over which the KL weight rises linearly from 0 to '
@@ -184,6 +205,8 @@ FIELDS = (
      '(its own optimiser, constant). factor_vae only.'),
     ('objective.discriminator_b1', 0.5, "The discriminator's Adam b1. factor_vae only."),
     ('objective.discriminator_b2', 0.9, "The discriminator's Adam b2. factor_vae only."),
+    ('objective.commitment', 0.25, "The commitment loss's weight (the VQ-VAE paper's beta). "
+     'vq_vae only.'),
 
     ('optimizer.name', 'adam', f'One of {OPTIMIZERS}.'),
     ('optimizer.learning_rate', 1e-3, 'The peak learning rate.'),
@@ -396,6 +419,7 @@ def validate(config, num_devices=None):
   _check(_number(config, 'objective.free_bits') >= 0, 'objective.free_bits', 'must be >= 0')
   _positive(config, 'objective.num_samples')
   _validate_disentangling(config)
+  _validate_vq(config)
   if config.objective.name == 'elbo':
     _check(config.objective.num_samples == 1, 'objective.num_samples',
            "the 'elbo' objective uses one sample per datapoint; use objective.name='iwae' for k > 1")
@@ -463,7 +487,47 @@ _OBJECTIVE_FIELDS = {
     'discriminator_learning_rate': ('factor_vae',),
     'discriminator_b1': ('factor_vae',),
     'discriminator_b2': ('factor_vae',),
+    'commitment': ('vq_vae',),
 }
+
+
+# The fields a VQ-VAE's second stage (objective code_prior) shares with the VQ-VAE it
+# learns a prior for: its data and its networks' shapes.
+VQ_STAGE_ONE_FIELDS = ('data.name', 'data.data_dir', 'data.binarization', 'data.train_split',
+                       'data.eval_split', 'model.architecture', 'model.conv_features',
+                       'model.latent_dim', 'model.activation', 'model.likelihood',
+                       'model.num_mixtures', 'model.codebook_size', 'model.codebook_update',
+                       'model.vq_residual_blocks')
+
+
+def _validate_vq(config):
+  o, m = config.objective, config.model
+  vq_objective, vq_model = o.name in objectives.VQ, m.posterior == 'vq'
+  _check(vq_objective or not vq_model, 'objective.name',
+         f"a VQ-VAE (model.posterior='vq') trains with objective 'vq_vae' and then its prior "
+         f"with 'code_prior', not {o.name!r}")
+  _check(vq_model or not vq_objective, 'model.posterior',
+         f"{o.name!r} trains a VQ-VAE: it needs model.posterior='vq'")
+  _check(_number(config, 'objective.commitment') >= 0, 'objective.commitment', 'must be >= 0')
+  _check(isinstance(_get(config, 'model.prior_workdir'), str), 'model.prior_workdir',
+         f'expected a path, got {m.prior_workdir!r}')
+  _check(bool(m.prior_workdir) == (o.name == 'code_prior'), 'model.prior_workdir',
+         "names the trained VQ-VAE that objective 'code_prior' learns a prior for; "
+         + ('set it' if o.name == 'code_prior' else f'{o.name!r} has no use for it'))
+  if not vq_objective:
+    return
+  wanted = 'uniform' if o.name == 'vq_vae' else 'pixelcnn'
+  _check(m.prior == wanted, 'model.prior',
+         f"{o.name!r} needs model.prior={wanted!r} (the VQ-VAE trains under the uniform prior; "
+         'its prior is learned afterwards)')
+  for field, neutral in (('objective.beta', 1.0), ('objective.kl_warmup_steps', 0),
+                         ('objective.free_bits', 0.0), ('objective.num_samples', 1)):
+    _check(_get(config, field) == neutral, field,
+           f'{o.name!r} has no {field.split(".")[1]}: a one-hot q has a constant KL under the '
+           f'uniform prior; it must stay {neutral}')
+  _check(config.eval.num_importance_samples == 0, 'eval.num_importance_samples',
+         "a VQ-VAE's q is one-hot, so every importance sample is the same code grid and the "
+         'estimate would only repeat the bound (its ELBO); it must stay 0')
 
 
 def _validate_disentangling(config):

@@ -83,7 +83,11 @@ def evaluate_workdir(workdir, split='test', num_samples=5000, num_images=0, step
   workdir_lib.check_at_least(1, num_samples=num_samples, batch_size=batch_size,
                              chunk_size=chunk_size)
   workdir_lib.check_at_least(0, num_images=num_images)
-  workdir_lib.load_config(workdir)  # Not a workdir: said first.
+  # Not a workdir: said first. A VQ-VAE's q is one-hot: every importance sample would be the
+  # same code grid, so its log p(x) is not estimated, only the bound through that grid.
+  one_hot_q = workdir_lib.load_config(workdir).model.get('posterior') == 'vq'
+  if one_hot_q:
+    num_samples = 0
   path = workdir_lib.check_writable(
       output or output_path(workdir, split, num_samples, num_images),
       '' if output else ' (pass --output=FILE to write elsewhere)')
@@ -104,9 +108,10 @@ def evaluate_workdir(workdir, split='test', num_samples=5000, num_images=0, step
       'workdir': os.path.abspath(workdir), 'split': split, 'step': step,
       'epoch': step / exp.steps_per_epoch, 'num_images': len(images),
   }
-  results.update(evaluate.evaluate_log_likelihood(
-      model, params, images, key, num_samples=num_samples, batch_size=batch_size,
-      chunk_size=chunk_size, progress=progress, labels=labels))
+  if not one_hot_q:
+    results.update(evaluate.evaluate_log_likelihood(
+        model, params, images, key, num_samples=num_samples, batch_size=batch_size,
+        chunk_size=chunk_size, progress=progress, labels=labels))
   with vlog.Stages('evaluate_workdir', 3, enabled=progress) as stages:
     stages.start('the ELBO')
     results.update(evaluate.evaluate_elbo(model, params, images, key, batch_size=batch,
@@ -123,6 +128,13 @@ def evaluate_workdir(workdir, split='test', num_samples=5000, num_images=0, step
   results['kl_per_dim'] = np.concatenate(kl).tolist()
   results['kl_per_layer'] = [float(np.sum(k)) for k in kl]
   results['wall_time_s'] = time.perf_counter() - start
+  if one_hot_q:
+    results['elbo_bits_per_dim'] = evaluate.bits_per_dim(results['elbo'], images.shape[1:])
+    workdir_lib.write_json(path, results)
+    vlog.info(f'{split} (step {step}, {len(images)} images): VQ-VAE bound log p(x | z_q) + '
+              f'log p(codes) {results["elbo"]:.2f} nats ({results["elbo_bits_per_dim"]:.4f} '
+              f'bits/dim; one-hot q: no importance-sampled log p(x)); wrote {path}')
+    return results
   workdir_lib.write_json(path, results)
   vlog.info(f'{split} (step {step}, {len(images)} images): log p(x) K={num_samples} '
             f'{results["log_px"]:.2f} nats ({results["bits_per_dim"]:.4f} bits/dim), '

@@ -1,5 +1,6 @@
-"""Training objectives: the ELBO (beta, KL warm-up, free bits), the IWAE bound, and the
-disentangling objectives (beta-TCVAE, FactorVAE, DIP-VAE I and II).
+"""Training objectives: the ELBO (beta, KL warm-up, free bits), the IWAE bound, the
+disentangling objectives (beta-TCVAE, FactorVAE, DIP-VAE I and II), and the VQ-VAE's
+two stages (vq_vae, then code_prior for the prior over its codes).
 
 Every function here is pure and traceable, so it can run inside the jitted,
 `lax.scan`ned train step. Metrics are means over the batch, in nats per example.
@@ -15,6 +16,14 @@ read them) with their own optimiser (`extra_optimizers`), and its loss is added
 to the VAE's with each side's inputs behind `stop_gradient`, so one gradient
 holds the VAE's gradient of the VAE loss and the discriminator's gradient of
 its own loss, and one train step updates both, as Kim & Mnih's Algorithm 1.
+
+The VQ-VAE's EMA codebook (van den Oord et al. 2017, app. A.1) is not trained
+by gradients but set each step to new moving averages of the batch's
+assignments. It travels the same road: `vq_vae` adds 0.5 |theta - sg(target)|^2
+for each codebook leaf, whose gradient is theta - target, and the codebook's
+own optimiser, plain SGD with rate 1 (`extra_optimizers`), moves theta to the
+target (to rounding). So the update is part of the one jitted step, checkpointed
+and resumed with everything else. The gradient norm in the logs includes it.
 """
 
 import functools
@@ -29,7 +38,8 @@ import optax
 from vae_jax import distributions
 
 DISENTANGLING = ('beta_tcvae', 'factor_vae', 'dip_vae_i', 'dip_vae_ii')
-OBJECTIVES = ('elbo', 'iwae') + DISENTANGLING
+VQ = ('vq_vae', 'code_prior')
+OBJECTIVES = ('elbo', 'iwae') + DISENTANGLING + VQ
 TC_ESTIMATORS = ('mws', 'mss')
 DISCRIMINATOR = 'discriminator'  # FactorVAE's top-level key in the parameter tree.
 _DISCRIMINATOR_INIT_STREAM = 0xD15C  # fold_in tag of its init key (the VAE's is untouched).
@@ -303,6 +313,89 @@ def factor_vae(model, params, x, key, *, kl_weight=1.0, tc_weight, discriminator
   return vae_loss + d_loss, metrics
 
 
+CODEBOOK = 'codebook'  # The VQ-VAE's codebook: its top-level key in the parameter tree.
+# The VQ-VAE's networks, frozen while its prior learns (code_prior).
+FROZEN_IN_STAGE_TWO = ('encoder', 'decoder', CODEBOOK)
+_SMOOTHING = 1e-5  # Laplace smoothing of the codebook counts (Sonnet's VectorQuantizerEMA).
+
+
+def code_usage(codes, size):
+  """(perplexity, fraction of the K codes used) of the codes in a batch [...]: the
+  perplexity exp(H) of their frequencies is K when all are used equally, 1 for one."""
+  frequencies = jnp.mean(jax.nn.one_hot(codes.reshape(-1), size), axis=0)
+  entropy = -jnp.sum(frequencies * jnp.log(jnp.where(frequencies > 0, frequencies, 1.0)))
+  return jnp.exp(entropy), jnp.mean(frequencies > 0)
+
+
+def codebook_targets(codebook, z_e, codes, key, *, decay, restart):
+  """The EMA codebook's next values (van den Oord et al. 2017, app. A.1) and the restart count.
+
+  counts <- decay counts + (1 - decay) n, sums <- decay sums + (1 - decay) sum of the z_e
+  assigned, embedding = sums / Laplace-smoothed counts. With restart > 0, a code whose
+  count falls below it is moved to one of the batch's encoder outputs drawn at random
+  (count 1; Dhariwal et al. 2020's restarts), so no code stays dead.
+  """
+  size, dim = codebook['embedding'].shape
+  flat = z_e.reshape(-1, dim)
+  one_hot = jax.nn.one_hot(codes.reshape(-1), size, dtype=flat.dtype)
+  counts = decay * codebook['counts'] + (1.0 - decay) * jnp.sum(one_hot, axis=0)
+  sums = decay * codebook['sums'] + (1.0 - decay) * one_hot.T @ flat
+  restarts = jnp.zeros((), jnp.float32)
+  if restart > 0:
+    dead = counts < restart
+    fresh = flat[jax.random.randint(key, (size,), 0, flat.shape[0])]
+    sums = jnp.where(dead[:, None], fresh, sums)
+    counts = jnp.where(dead, 1.0, counts)
+    restarts = jnp.sum(dead.astype(jnp.float32))
+  total = jnp.sum(counts)
+  smoothed = (counts + _SMOOTHING) / (total + size * _SMOOTHING) * total
+  return {'embedding': sums / smoothed[:, None], 'counts': counts, 'sums': sums}, restarts
+
+
+def vq_vae(model, params, x, key, *, commitment):
+  """van den Oord et al. 2017, eq. 3: -log p(x | z_q) + commitment |z_e - sg(z_q)|^2, plus
+  |sg(z_e) - z_q|^2 when the codebook learns by that loss (model.codebook_update 'loss'),
+  or the EMA codebook's step (module doc) when it keeps moving averages. Squared
+  distances are summed over the code grid, as log p(x | z) over the pixels.
+
+  Metrics: 'elbo' (log p(x | z_q) + log p(codes): with the uniform prior, the
+  reconstruction less h w log K), 'recon', 'kl' (-log p(codes)), 'commitment' (the
+  squared distance), 'perplexity' and 'codes_used' of the batch's codes, 'restarts'
+  (EMA codes moved this step), 'loss' (without the EMA step's term).
+  """
+  t, z_e, codes = model.apply({'params': params}, x, method='vq_terms')
+  recon, log_p = t.log_px_z[0], t.layers[0].log_p[0]
+  book = params[CODEBOOK]
+  z_q = jnp.take(book['embedding'], codes, axis=0)
+  per_image = lambda a: jnp.sum(jnp.square(a), axis=tuple(range(1, a.ndim)))
+  distance = per_image(z_e - jax.lax.stop_gradient(z_q))
+  loss = -jnp.mean(recon) + commitment * jnp.mean(distance)
+  perplexity, used = code_usage(codes, book['embedding'].shape[0])
+  metrics = {'elbo': jnp.mean(recon + log_p), 'recon': jnp.mean(recon), 'kl': -jnp.mean(log_p),
+             'commitment': jnp.mean(distance), 'perplexity': perplexity, 'codes_used': used}
+  codebook = model.codebook
+  if not codebook.ema:
+    loss = loss + jnp.mean(per_image(jax.lax.stop_gradient(z_e) - z_q))
+    metrics['loss'] = loss
+    return loss, metrics
+  targets, metrics['restarts'] = codebook_targets(
+      book, jax.lax.stop_gradient(z_e), codes, key, decay=codebook.decay,
+      restart=codebook.restart)
+  step = sum(0.5 * jnp.sum(jnp.square(book[name] - jax.lax.stop_gradient(target)))
+             for name, target in targets.items())
+  metrics['loss'] = loss
+  return loss + step, metrics
+
+
+def code_prior(model, params, x, key):
+  """The VQ-VAE's second stage: -log p(codes) of the prior over each image's code grid,
+  the encoder and codebook frozen. Metrics: 'code_nll' (nats per image), 'loss'."""
+  del key  # The codes of an image are a function of the image.
+  t = terms(model, params, x, jnp.zeros((1, x.shape[0], 0)), decode=False)
+  nll = -jnp.mean(t.layers[0].log_p[0])
+  return nll, {'code_nll': nll, 'loss': nll}
+
+
 def extra_params(objective_config, model, key) -> dict:
   """Parameters the objective trains beside the model's (top-level keys of the tree): FactorVAE's
   discriminator, from its own stream of `key`, so the model's initial parameters stay as
@@ -314,9 +407,15 @@ def extra_params(objective_config, model, key) -> dict:
   return {DISCRIMINATOR: discriminator.init(d_key, jnp.zeros((1, model.noise_dim)))['params']}
 
 
-def extra_optimizers(objective_config) -> dict:
-  """{top-level key: its optax optimiser} for the parameters of `extra_params`: FactorVAE's
-  discriminator with Adam at the paper's settings (lr 1e-4, b1 0.5, b2 0.9 by default)."""
+def extra_optimizers(objective_config, model=None) -> dict:
+  """{top-level key: its optax optimiser} for the parameters that do not follow the config's:
+  FactorVAE's discriminator with Adam at the paper's settings (lr 1e-4, b1 0.5, b2 0.9
+  by default); a VQ-VAE's EMA codebook with SGD at rate 1 (module doc); and in the
+  VQ-VAE's second stage its encoder, codebook and decoder, frozen."""
+  if objective_config.name == 'vq_vae' and getattr(model, 'codebook', None) is not None:
+    return {CODEBOOK: optax.sgd(1.0)} if model.codebook.ema else {}
+  if objective_config.name == 'code_prior':
+    return {name: optax.set_to_zero() for name in FROZEN_IN_STAGE_TWO}
   if objective_config.name != 'factor_vae':
     return {}
   return {DISCRIMINATOR: optax.adam(objective_config.discriminator_learning_rate,
@@ -328,7 +427,9 @@ def loss_fn_of_config(model, objective_config, dataset_size):
   """`make_loss_fn` with the config's objective fields; dataset_size N for the 'mss' estimate."""
   o = objective_config
   options = {}
-  if o.name in DISENTANGLING:
+  if o.name == 'vq_vae':
+    options = dict(commitment=o.commitment)
+  elif o.name in DISENTANGLING:
     options = dict(tc_weight=o.tc_weight, tc_estimator=o.tc_estimator,
                    dataset_size=dataset_size, dip_lambda_od=o.dip_lambda_od,
                    dip_lambda_d=o.dip_lambda_d,
@@ -339,7 +440,7 @@ def loss_fn_of_config(model, objective_config, dataset_size):
 
 def make_loss_fn(model, objective, *, beta, warmup_steps, free_bits, num_samples,
                  tc_weight=1.0, tc_estimator='mws', dataset_size=0, dip_lambda_od=10.0,
-                 dip_lambda_d=100.0, discriminator_hidden=(1000,) * 6):
+                 dip_lambda_d=100.0, discriminator_hidden=(1000,) * 6, commitment=0.25):
   """The config's objective as loss_fn(params, x, key, step, labels=None) -> (loss, metrics).
 
   'elbo' uses one sample, beta with linear warm-up and free bits, and reports the
@@ -347,8 +448,23 @@ def make_loss_fn(model, objective, *, beta, warmup_steps, free_bits, num_samples
   no KL term to weight, so beta, warm-up and free bits must be left at their
   neutral values (1, 0, 0) rather than be silently ignored. The disentangling
   objectives (DISENTANGLING) use one sample, beta with warm-up as the weight of
-  their KL terms, and their own fields; they have no free bits.
+  their KL terms, and their own fields; they have no free bits. The VQ-VAE's
+  (VQ) have no KL weight: a one-hot q has a constant KL under the uniform prior,
+  and the second stage trains the prior alone.
   """
+  if objective in VQ:
+    if (beta, warmup_steps, free_bits, num_samples) != (1.0, 0, 0.0, 1):
+      raise ValueError(f'objective.beta, kl_warmup_steps, free_bits and num_samples: '
+                       f'{objective!r} has none of them; they must stay 1, 0, 0, 1 (got '
+                       f'{beta}, {warmup_steps}, {free_bits}, {num_samples})')
+    kind = (functools.partial(vq_vae, commitment=commitment) if objective == 'vq_vae'
+            else code_prior)
+
+    def vq_loss(params, x, key, step, labels=None):
+      del step, labels  # No schedule; a VQ-VAE is unconditional.
+      return kind(model, params, x, key)
+
+    return vq_loss
   if objective in DISENTANGLING:
     if num_samples != 1 or free_bits != 0.0:
       raise ValueError(f'objective.num_samples and objective.free_bits: {objective!r} uses one '

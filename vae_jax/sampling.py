@@ -73,9 +73,9 @@ def interpolate(model, params, x_a, x_b, num_steps=10, spherical=False, labels=N
   first one's).
   """
   z_a, z_b = top_latent_mean(model, params, jnp.stack([x_a, x_b]), labels)
-  t = jnp.linspace(0.0, 1.0, num_steps)[:, None]
+  t = jnp.linspace(0.0, 1.0, num_steps).reshape((-1,) + (1,) * z_a.ndim)  # Latents of any shape.
   if spherical:
-    cos = jnp.dot(z_a, z_b) / (jnp.linalg.norm(z_a) * jnp.linalg.norm(z_b) + 1e-12)
+    cos = jnp.vdot(z_a, z_b) / (jnp.linalg.norm(z_a) * jnp.linalg.norm(z_b) + 1e-12)
     omega = jnp.arccos(jnp.clip(cos, -1.0, 1.0))
     sin = jnp.maximum(jnp.sin(omega), 1e-6)
     z = (jnp.sin((1 - t) * omega) * z_a + jnp.sin(t * omega) * z_b) / sin
@@ -88,16 +88,17 @@ def interpolate(model, params, x_a, x_b, num_steps=10, spherical=False, labels=N
 def traversal(model, params, x, dims, values, label=None):
   """One row per latent dim in `dims`: vary it over `values`, others at x's mean.
 
-  The dims index the top layer's latents. Returns [len(dims) * len(values),
-  H, W, C], row-major.
+  The dims index the top layer's latents, flattened (a VQ-VAE's are a grid of
+  vectors). Returns [len(dims) * len(values), H, W, C], row-major.
   """
   labels = None if label is None else jnp.asarray([label])
-  z0 = top_latent_mean(model, params, x[None], labels)[0]
+  z_image = top_latent_mean(model, params, x[None], labels)[0]
+  z0 = z_image.reshape(-1)
   dims = jnp.asarray(dims)
   values = jnp.asarray(values)
   z = jnp.tile(z0, (dims.shape[0], values.shape[0], 1))
   z = z.at[jnp.arange(dims.shape[0])[:, None], jnp.arange(values.shape[0])[None, :],
            dims[:, None]].set(values[None, :])
-  z = z.reshape((-1, z0.shape[0]))
+  z = z.reshape((-1,) + z_image.shape)
   grid_labels = None if label is None else jnp.full((z.shape[0],), label)
   return decode_mean(model, params, z, grid_labels)

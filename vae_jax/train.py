@@ -87,7 +87,7 @@ def build_experiment(config) -> Experiment:
                             num_classes=dataset.num_classes)
   num_steps, steps_per_epoch = resolve_num_steps(config.train, dataset.num_train)
   tx = optim.make_optimizer(config.optimizer, num_steps,
-                            objectives.extra_optimizers(config.objective))
+                            objectives.extra_optimizers(config.objective, model))
   seeds = replica_seeds(config)
   return Experiment(config, dataset, model, tx, num_steps, steps_per_epoch,
                     root_keys(config.seed), seeds)
@@ -105,15 +105,48 @@ def eval_params(state: TrainState):
   return state.params if ema is None else ema
 
 
-def init_state(exp: Experiment, seed: int | None = None) -> TrainState:
-  """The step-0 state of the run with `seed` (default: config.seed)."""
+def init_state(exp: Experiment, seed: int | None = None, *, shapes_only=False) -> TrainState:
+  """The step-0 state of the run with `seed` (default: config.seed). A VQ-VAE's second
+  stage starts from the trained VQ-VAE (`with_trained_vq_vae`), unless `shapes_only`:
+  under jax.eval_shape, where only the shapes are wanted, nothing is read."""
   keys = exp.keys if seed is None else root_keys(seed)
   # The second half of the split once drew the init call's noise; kept so that
   # init_key, and so every initial parameter, stays what it has always been.
   init_key, _ = jax.random.split(keys['init'])
   params = models.init_params(exp.model, init_key, exp.dataset.image_shape)
   params = {**params, **objectives.extra_params(exp.config.objective, exp.model, init_key)}
+  if exp.config.objective.name == 'code_prior' and not shapes_only:
+    params = with_trained_vq_vae(exp.config, params)
   return TrainState(jnp.zeros((), jnp.int32), params, exp.tx.init(params))
+
+
+def with_trained_vq_vae(config, params):
+  """`params` with the encoder, codebook and decoder of the trained VQ-VAE in
+  config.model.prior_workdir (the parameters it evaluates with), for objective
+  code_prior. Refuses, naming the field or file, a workdir that is not a VQ-VAE
+  trained to its last step, or one whose networks differ from this config's."""
+  from vae_jax import generate  # pylint: disable=g-import-not-at-top  (generate imports train)
+  source = config.model.prior_workdir
+  where = f'config.model.prior_workdir={source!r}'
+  if not os.path.isdir(source):
+    raise workdir_lib.WorkdirError(f'{where}: no such directory')
+  saved = workdir_lib.load_config(source)
+  if saved.objective.name != 'vq_vae' or saved.model.get('posterior') != 'vq':
+    raise workdir_lib.WorkdirError(
+        f"{where} is not a VQ-VAE: it trained objective {saved.objective.name!r} with "
+        f"model.posterior={saved.model.get('posterior')!r} (expected 'vq_vae' and 'vq')")
+  if not os.path.exists(os.path.join(source, 'final_metrics.json')):
+    raise workdir_lib.WorkdirError(
+        f'{where} has not finished training (no final_metrics.json): run it again to resume '
+        'it to its last step first')
+  flat_saved, flat_now = config_lib.flatten(saved.to_dict()), config_lib.flatten(config.to_dict())
+  for field in config_lib.VQ_STAGE_ONE_FIELDS:
+    if flat_saved.get(field) != flat_now.get(field):
+      raise workdir_lib.WorkdirError(
+          f'config.{field}: {flat_now.get(field)!r} here, but the VQ-VAE in {source} was '
+          f'trained with {flat_saved.get(field)!r}; the prior must be learned on its codes')
+  _, trained, _ = generate.load_trained(source)
+  return {**params, **{name: trained[name] for name in objectives.FROZEN_IN_STAGE_TWO}}
 
 
 def abstract_state(exp: Experiment, sharding_=None) -> TrainState:
@@ -121,7 +154,7 @@ def abstract_state(exp: Experiment, sharding_=None) -> TrainState:
   without running it: the target of a restore. Initialising a deep model op by op
   takes tens of seconds (30 s for the five-group ladder here), tracing it well
   under one."""
-  shapes = jax.eval_shape(lambda: init_state(exp))
+  shapes = jax.eval_shape(lambda: init_state(exp, shapes_only=True))
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding_),
                       shapes)
 
@@ -281,7 +314,7 @@ def make_train_step(exp: Experiment):
 
   step_fn = train_step
   if multi:
-    axes = replica_axes(jax.eval_shape(lambda: init_state(exp)))
+    axes = replica_axes(jax.eval_shape(lambda: init_state(exp, shapes_only=True)))
     vmapped = jax.vmap(train_step, in_axes=(axes, None, 0, 0, None), out_axes=(axes, 0),
                        axis_name=SEEDS_AXIS)
 
@@ -683,7 +716,8 @@ def _train_loop(trainer: Trainer):
   # A finished run launched again only reports: its final point is on record already.
   trainer.record_final = step < num_steps
   seeds = f'{len(exp.seeds)} seeds vmapped, ' if trainer.multi else ''
-  vlog.info(f'Training {config.model.architecture} VAE on {config.data.name}: '
+  kind = 'VQ-VAE' if config.model.posterior == 'vq' else f'{config.model.architecture} VAE'
+  vlog.info(f'Training {kind} on {config.data.name}: '
             f'{models.count_params(trainer.replica_states(state)[0][1].params):,} params, '
             f'{seeds}{num_steps} steps ({exp.steps_per_epoch} per epoch), batch '
             f'{c.batch_size}, {sharding.device_count()} device(s), from step {step}.')

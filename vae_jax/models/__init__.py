@@ -14,13 +14,16 @@ from vae_jax.models import likelihoods
 from vae_jax.models import nets
 from vae_jax.models import posteriors
 from vae_jax.models import priors
+from vae_jax.models import vqvae
 from vae_jax.models.nets import (ACTIVATIONS, ARCHITECTURES, ConvDecoder, ConvEncoder,
                                  MLPDecoder, MLPEncoder, depth_to_space)
 from vae_jax.models.vae import VAE, Layer, Terms
+from vae_jax.models.vqvae import VQVAE
 
 LIKELIHOODS = likelihoods.LIKELIHOODS
-PRIORS = priors.PRIORS
-POSTERIORS = ('gaussian', 'iaf')
+PRIORS = priors.PRIORS + vqvae.CODE_PRIORS
+POSTERIORS = ('gaussian', 'iaf', 'vq')
+CODEBOOK_UPDATES = vqvae.CODEBOOK_UPDATES
 HIERARCHIES = ('bottom_up', 'top_down')
 
 
@@ -47,6 +50,8 @@ def validate_config(model_config, *, has_labels, channels=None, image_size=None)
     _validate_top_down(m, image_size)
   _check(m.prior in PRIORS, 'prior', f'{m.prior!r} is not one of {PRIORS}')
   _check(m.posterior in POSTERIORS, 'posterior', f'{m.posterior!r} is not one of {POSTERIORS}')
+  if m.posterior == 'vq' or m.prior in vqvae.CODE_PRIORS:
+    _validate_vq(m, image_size)
   _check(_positive_ints([m.prior_components]), 'prior_components',
          f'must be a positive int, got {m.prior_components!r}')
   _check(_positive_ints([m.num_mixtures]), 'num_mixtures',
@@ -78,6 +83,38 @@ def validate_config(model_config, *, has_labels, channels=None, image_size=None)
   if m.likelihood == 'logistic_mixture' and channels is not None:
     _check(channels in (1, 3), 'likelihood',
            f"'logistic_mixture' models 1 or 3 channels, the data have {channels}")
+
+
+def _validate_vq(m, image_size):
+  _check(m.posterior == 'vq', 'prior', f'{m.prior!r} is a prior over the code grid of a '
+         "VQ-VAE: it needs model.posterior='vq'")
+  _check(m.prior in vqvae.CODE_PRIORS, 'prior', f"a VQ-VAE's prior is over its codes: one of "
+         f'{vqvae.CODE_PRIORS} (uniform while it trains, pixelcnn learned from a trained '
+         f'one), got {m.prior!r}')
+  for field, neutral in (('architecture', 'conv'), ('hierarchy', 'bottom_up'),
+                         ('conditional', False), ('upper_latent_dims', ())):
+    value = _field(m, field, neutral)
+    _check(value == neutral or (field == 'upper_latent_dims' and not tuple(value)), field,
+           f'a VQ-VAE is one conv encoder, codebook and decoder; {field} must be '
+           f'{neutral!r}, got {value!r}')
+  _check(_positive_ints(tuple(m.conv_features)) and len(m.conv_features) > 0, 'conv_features',
+         f'needs one or more positive widths, got {m.conv_features!r}')
+  if image_size is not None:
+    factor = 2 ** len(m.conv_features)
+    _check(image_size % factor == 0, 'conv_features',
+           f'{len(m.conv_features)} stride-2 layers need an image size divisible by {factor}, '
+           f'the images are {image_size}')
+  for field in ('codebook_size', 'latent_dim', 'prior_features', 'prior_layers'):
+    _check(_positive_ints([m[field]]), field, f'must be a positive int, got {m[field]!r}')
+  _check(isinstance(m.vq_residual_blocks, int) and m.vq_residual_blocks >= 0,
+         'vq_residual_blocks', f'must be an int >= 0, got {m.vq_residual_blocks!r}')
+  _check(m.codebook_update in CODEBOOK_UPDATES, 'codebook_update',
+         f'{m.codebook_update!r} is not one of {CODEBOOK_UPDATES}')
+  _check(0 < m.codebook_decay < 1, 'codebook_decay', f'must be in (0, 1), got {m.codebook_decay!r}')
+  _check(m.codebook_restart >= 0, 'codebook_restart', f'must be >= 0, got {m.codebook_restart!r}')
+  _check(m.codebook_restart == 0 or m.codebook_update == 'ema', 'codebook_restart',
+         "restarts move codes by their moving-average counts, which only "
+         "codebook_update='ema' keeps")
 
 
 def _validate_top_down(m, image_size):
@@ -165,6 +202,8 @@ def make_model(model_config, image_shape, *, levels=256, num_classes=0) -> VAE:
       num_mix=_field(model_config, 'num_mixtures', 10))
   if _field(model_config, 'hierarchy', 'bottom_up') == 'top_down':
     return _top_down(model_config, image_shape, likelihood, activation)
+  if _field(model_config, 'posterior', 'gaussian') == 'vq':
+    return _vq_vae(model_config, image_shape, likelihood, activation)
   out_channels = likelihood.out_channels(channels)
   posterior = _posterior(model_config)
   features = posterior.num_features(model_config.latent_dim)
@@ -195,6 +234,23 @@ def _top_down(m, image_shape, likelihood, activation):
       likelihood, tuple(image_shape), shapes, m.state_width, m.block_hidden, activation,
       merge=m.merge, scale=m.scale, encoder_blocks=m.encoder_blocks, scan=m.scan_groups,
       remat=m.remat)
+
+
+def _vq_vae(m, image_shape, likelihood, activation):
+  features = tuple(m.conv_features)
+  factor = 2 ** len(features)
+  grid = (image_shape[0] // factor, image_shape[1] // factor)
+  size = m.codebook_size
+  if m.prior == 'pixelcnn':
+    prior = vqvae.PixelCNNPrior(size, grid, m.prior_features, m.prior_layers)
+  else:
+    prior = vqvae.UniformCodes(size, grid)
+  return VQVAE(
+      vqvae.VQEncoder(features, m.latent_dim, m.vq_residual_blocks, activation),
+      vqvae.VQDecoder(features, likelihood.out_channels(image_shape[-1]), m.vq_residual_blocks,
+                      activation),
+      vqvae.Codebook(size, m.latent_dim, ema=m.codebook_update == 'ema', decay=m.codebook_decay,
+                     restart=m.codebook_restart), likelihood, prior, grid)
 
 
 def init_params(model, key, image_shape):

@@ -19,7 +19,8 @@ Options:
   prior     the second stage: a PixelCNN prior over the code grid of the trained
             VQ-VAE in vqvae=WORKDIR (its networks frozen; its data and network
             fields are read from WORKDIR/config.json).
-  vqvae     the first stage's workdir (with prior).
+  vqvae     the first stage's workdir (with prior); it comes last, and everything
+            after 'vqvae=' is the path, commas included (sweep points have them).
   runlocal  a few hundred steps, for a smoke test.
 
 Stage 1 trains encoder, codebook and decoder under a uniform prior over the
@@ -42,9 +43,12 @@ _DEFAULTS = {'data': 'embedded_mnist', 'codebook': 256, 'dim': 16, 'update': 'em
 
 
 def get_config(arg=None):
+  arg, workdir = _split_workdir(arg or '')
   options = config_lib.parse_options(
       arg, 'configs/vqvae.py', _DEFAULTS, ('prior', 'runlocal'),
       choices={'data': _DATA, 'update': ('ema', 'loss')})
+  if workdir is not None:
+    options['vqvae'] = workdir
   if options['prior'] != bool(options['vqvae']):
     raise config_lib.ConfigError("configs/vqvae.py: the second stage needs both 'prior' and "
                                  "'vqvae=WORKDIR' (the trained VQ-VAE's workdir)")
@@ -86,6 +90,14 @@ def get_config(arg=None):
     c.train.eval_every_steps = 100
     c.train.checkpoint_every_steps = 100
   return c
+
+
+def _split_workdir(arg):
+  """('other options', workdir or None): the path after 'vqvae=' to the end of `arg`."""
+  head, sep, workdir = arg.partition('vqvae=')
+  if not sep or (head and not head.endswith(',')):
+    return arg, None
+  return head.rstrip(','), workdir
 
 
 def _take_stage_one_fields(c, workdir):

@@ -284,6 +284,9 @@ def test_the_config_file_builds_both_stages():
     config_lib.validate(load_config_file('vqvae', arg))
   with pytest.raises(config_lib.ConfigError, match="needs both 'prior' and 'vqvae=WORKDIR'"):
     load_config_file('vqvae', 'prior')
+  # The workdir comes last and may hold commas (a sweep point's name).
+  c = load_config_file('vqvae', 'steps=7,prior,vqvae=/runs/a=1,b=2')
+  assert c.model.prior_workdir == '/runs/a=1,b=2' and c.train.num_steps == 7
 
 
 # --- Both stages end to end ---------------------------------------------------------------------

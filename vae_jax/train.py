@@ -123,9 +123,16 @@ def init_state(exp: Experiment, seed: int | None = None, *, shapes_only=False) -
 def with_trained_vq_vae(config, params):
   """`params` with the encoder, codebook and decoder of the trained VQ-VAE in
   config.model.prior_workdir (the parameters it evaluates with), for objective
-  code_prior. Refuses, naming the field or file, a workdir that is not a VQ-VAE
-  trained to its last step, or one whose networks differ from this config's."""
+  code_prior, after `check_trained_vq_vae`."""
   from vae_jax import generate  # pylint: disable=g-import-not-at-top  (generate imports train)
+  check_trained_vq_vae(config)
+  _, trained, _ = generate.load_trained(config.model.prior_workdir)
+  return {**params, **{name: trained[name] for name in objectives.FROZEN_IN_STAGE_TWO}}
+
+
+def check_trained_vq_vae(config):
+  """Refuses, naming the field or file, a config.model.prior_workdir that is not a VQ-VAE
+  trained to its last step, or one whose data or networks differ from this config's."""
   source = config.model.prior_workdir
   where = f'config.model.prior_workdir={source!r}'
   if not os.path.isdir(source):
@@ -145,8 +152,6 @@ def with_trained_vq_vae(config, params):
       raise workdir_lib.WorkdirError(
           f'config.{field}: {flat_now.get(field)!r} here, but the VQ-VAE in {source} was '
           f'trained with {flat_saved.get(field)!r}; the prior must be learned on its codes')
-  _, trained, _ = generate.load_trained(source)
-  return {**params, **{name: trained[name] for name in objectives.FROZEN_IN_STAGE_TWO}}
 
 
 def abstract_state(exp: Experiment, sharding_=None) -> TrainState:
@@ -670,6 +675,8 @@ def train_and_evaluate(config, workdir) -> dict:
   file or step.
   """
   config_lib.validate(config)
+  if config.objective.name == 'code_prior' and not workdir_lib.has_committed_step(workdir):
+    check_trained_vq_vae(config)  # Before the workdir is made: a wrong path costs nothing.
   workdir = workdir_lib.prepare(workdir)
   with workdir_lib.hold_lock(workdir, sharding.is_main_process(),
                              agree=lambda ok: not sharding.any_process(not ok)):

@@ -32,10 +32,10 @@ channels) and two residual blocks give a 7x7 grid of codes on MNIST, 8x8 on
 CIFAR-10.
 """
 
-import json
 import os
 
 from vae_jax import config as config_lib
+from vae_jax import workdir as workdir_lib
 
 _DATA = ('embedded_mnist', 'binarized_mnist', 'cifar10')
 _DEFAULTS = {'data': 'embedded_mnist', 'codebook': 256, 'dim': 16, 'update': 'ema',
@@ -103,14 +103,10 @@ def _split_workdir(arg):
 def _take_stage_one_fields(c, workdir):
   """The data and network fields of the VQ-VAE in `workdir`, where it has a config.json
   (training checks them again, and names the workdir when it is not a trained VQ-VAE)."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
+  if not os.path.exists(os.path.join(workdir, workdir_lib.CONFIG_FILE)):
     return
-  with open(path, encoding='utf-8') as f:
-    saved = json.load(f)
+  saved = workdir_lib.load_config(workdir)  # With every field, tuples as tuples.
   # The codebook's update rule too: it is frozen here, but the fields must agree.
   for field in config_lib.VQ_STAGE_ONE_FIELDS + ('model.codebook_decay', 'model.codebook_restart'):
     section, name = field.split('.')
-    if name in saved.get(section, {}):
-      value = saved[section][name]
-      c[section][name] = tuple(value) if isinstance(value, list) else value
+    c[section][name] = saved[section][name]

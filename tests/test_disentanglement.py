@@ -32,6 +32,7 @@ from vae_jax import objectives
 from vae_jax import train
 
 from test_config import load_config_file
+from test_data import data_config
 from test_train import assert_trees_equal, restored_state, tiny_config
 
 SIZES = tuple(n for _, n in data.FACTORS['rendered_shapes'])
@@ -85,11 +86,8 @@ def test_rendered_shapes_are_every_factor_combination_once_and_all_distinct():
 
 
 def _rendered_config(**overrides):
-  c = config_lib.default_config().data
-  c.name, c.binarization, c.train_split, c.eval_split = 'rendered_shapes', 'static', 'train', 'train'
-  for field, value in overrides.items():
-    c[field] = value
-  return c
+  return data_config('rendered_shapes', 'static', **{'train_split': 'train',
+                                                      'eval_split': 'train', **overrides})
 
 
 def test_each_factor_moves_the_shape_as_named():
@@ -115,10 +113,8 @@ def test_factor_datasets_refuse_a_second_split():
 @pytest.mark.parametrize('name,shape,factors', [
     ('dsprites', (64, 64, 1), 5), ('shapes3d', (64, 64, 3), 6)])
 def test_tfds_factor_datasets_through_mock_data(tmp_path, name, shape, factors):
-  c = config_lib.default_config().data
-  c.name, c.data_dir, c.download = name, str(tmp_path), False
-  c.binarization = 'none' if name == 'shapes3d' else 'static'
-  c.train_split = c.eval_split = 'train'
+  c = data_config(name, 'none' if name == 'shapes3d' else 'static', tmp_path,
+                  train_split='train', eval_split='train')
   data.clear_cache()
   try:
     with tfds.testing.mock_data(num_examples=20, policy=tfds.testing.MockPolicy.USE_CODE):

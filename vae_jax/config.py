@@ -352,6 +352,14 @@ def _positive(config, field, kind=int, allow_zero=False):
          f'must be {">= 0" if allow_zero else "> 0"}, got {value!r}')
 
 
+def _check_neutral(config, fields, why):
+  """Each (field, neutral) of `fields` must hold its neutral value: a field the objective
+  has no use for is refused rather than ignored. `why` names it through '{name}'."""
+  for field, neutral in fields:
+    _check(_get(config, field) == neutral, field,
+           f"{why.format(name=field.split('.')[1])}; it must stay {neutral}")
+
+
 def _get(config, field):
   value = config
   for part in field.split('.'):
@@ -424,10 +432,8 @@ def validate(config, num_devices=None):
     _check(config.objective.num_samples == 1, 'objective.num_samples',
            "the 'elbo' objective uses one sample per datapoint; use objective.name='iwae' for k > 1")
   elif config.objective.name == 'iwae':
-    for field, neutral in (('objective.beta', 1.0), ('objective.kl_warmup_steps', 0),
-                           ('objective.free_bits', 0.0)):
-      _check(_get(config, field) == neutral, field,
-             f"the 'iwae' bound has no {field.split('.')[1]}; it must stay {neutral}")
+    _check_neutral(config, (('objective.beta', 1.0), ('objective.kl_warmup_steps', 0),
+                            ('objective.free_bits', 0.0)), "the 'iwae' bound has no {name}")
 
   _choice(config, 'optimizer.name', OPTIMIZERS)
   _choice(config, 'optimizer.schedule', SCHEDULES)
@@ -520,11 +526,10 @@ def _validate_vq(config):
   _check(m.prior == wanted, 'model.prior',
          f"{o.name!r} needs model.prior={wanted!r} (the VQ-VAE trains under the uniform prior; "
          'its prior is learned afterwards)')
-  for field, neutral in (('objective.beta', 1.0), ('objective.kl_warmup_steps', 0),
-                         ('objective.free_bits', 0.0), ('objective.num_samples', 1)):
-    _check(_get(config, field) == neutral, field,
-           f'{o.name!r} has no {field.split(".")[1]}: a one-hot q has a constant KL under the '
-           f'uniform prior; it must stay {neutral}')
+  _check_neutral(config, (('objective.beta', 1.0), ('objective.kl_warmup_steps', 0),
+                          ('objective.free_bits', 0.0), ('objective.num_samples', 1)),
+                 f'{o.name!r} has no {{name}}: a one-hot q has a constant KL under the uniform '
+                 'prior')
   _check(config.eval.num_importance_samples == 0, 'eval.num_importance_samples',
          "a VQ-VAE's q is one-hot, so every importance sample is the same code grid and the "
          'estimate would only repeat the bound (its ELBO); it must stay 0')

@@ -130,12 +130,12 @@ def evaluate_workdir(workdir, split='test', num_samples=5000, num_images=0, step
   results['wall_time_s'] = time.perf_counter() - start
   if one_hot_q:
     results['elbo_bits_per_dim'] = evaluate.bits_per_dim(results['elbo'], images.shape[1:])
-    workdir_lib.write_json(path, results)
+  workdir_lib.write_json(path, results)
+  if one_hot_q:
     vlog.info(f'{split} (step {step}, {len(images)} images): VQ-VAE bound log p(x | z_q) + '
               f'log p(codes) {results["elbo"]:.2f} nats ({results["elbo_bits_per_dim"]:.4f} '
               f'bits/dim; one-hot q: no importance-sampled log p(x)); wrote {path}')
     return results
-  workdir_lib.write_json(path, results)
   vlog.info(f'{split} (step {step}, {len(images)} images): log p(x) K={num_samples} '
             f'{results["log_px"]:.2f} nats ({results["bits_per_dim"]:.4f} bits/dim), '
             f'ELBO {results["elbo"]:.2f}, active units {results["active_units"]} '

@@ -36,6 +36,15 @@ def _check(ok, field, message):
     raise ModelConfigError(f'config.model.{field}: {message}')
 
 
+def _check_fixed(m, fields, why):
+  """Each (field, value) of `fields` must hold that value for the family `why` describes
+  ('{field}' names it); an empty tuple stands for any empty sequence."""
+  for field, fixed in fields:
+    value = _field(m, field, fixed)
+    _check(value == fixed or (fixed == () and not tuple(value)), field,
+           f'{why.format(field=field)} {fixed!r}, got {value!r}')
+
+
 def _positive_ints(values):
   return all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values)
 
@@ -91,12 +100,9 @@ def _validate_vq(m, image_size):
   _check(m.prior in vqvae.CODE_PRIORS, 'prior', f"a VQ-VAE's prior is over its codes: one of "
          f'{vqvae.CODE_PRIORS} (uniform while it trains, pixelcnn learned from a trained '
          f'one), got {m.prior!r}')
-  for field, neutral in (('architecture', 'conv'), ('hierarchy', 'bottom_up'),
-                         ('conditional', False), ('upper_latent_dims', ())):
-    value = _field(m, field, neutral)
-    _check(value == neutral or (field == 'upper_latent_dims' and not tuple(value)), field,
-           f'a VQ-VAE is one conv encoder, codebook and decoder; {field} must be '
-           f'{neutral!r}, got {value!r}')
+  _check_fixed(m, (('architecture', 'conv'), ('hierarchy', 'bottom_up'), ('conditional', False),
+                   ('upper_latent_dims', ())),
+               'a VQ-VAE is one conv encoder, codebook and decoder; {field} must be')
   _check(_positive_ints(tuple(m.conv_features)) and len(m.conv_features) > 0, 'conv_features',
          f'needs one or more positive widths, got {m.conv_features!r}')
   if image_size is not None:
@@ -128,11 +134,10 @@ def _validate_top_down(m, image_size):
   _check(m.scale in hierarchy.SCALES, 'scale', f'{m.scale!r} is not one of {hierarchy.SCALES}')
   for field in ('scan_groups', 'remat'):
     _check(isinstance(m[field], bool), field, f'expected True or False, got {m[field]!r}')
-  for field, neutral in (('prior', 'standard_normal'), ('posterior', 'gaussian'),
-                         ('conditional', False), ('upper_latent_dims', ())):
-    _check(m[field] == neutral or (field == 'upper_latent_dims' and not tuple(m[field])), field,
-           f'a top-down hierarchy has its own priors p(z_l | z_>l) and Gaussian posteriors; '
-           f'{field} must stay {neutral!r}, got {m[field]!r}')
+  _check_fixed(m, (('prior', 'standard_normal'), ('posterior', 'gaussian'), ('conditional', False),
+                   ('upper_latent_dims', ())),
+               'a top-down hierarchy has its own priors p(z_l | z_>l) and Gaussian posteriors; '
+               '{field} must stay')
   if m.architecture == 'conv':
     _check(len(resolutions) == len(groups) and _positive_ints(resolutions), 'group_resolutions',
            f'a spatial hierarchy needs one resolution per group ({len(groups)}), '

@@ -258,7 +258,3 @@ class VQVAE(nn.Module):
     """Decoder output of `num` code grids drawn from the prior."""
     del labels
     return self.decode(self.prior.sample(key, num, temperature))
-
-  def encode_codes(self, x):
-    """The code grid [B, h, w] of each image."""
-    return self.codebook(self.encoder(x))[0]

@@ -125,8 +125,10 @@ def test_failures_are_isolated_rerun_skips_done_and_aggregates(tmp_path):
 def test_interrupted_sweep_resumes(tmp_path):
   """16 points, interrupted while some are done and others mid-run, relaunched, aggregated."""
   betas, seeds = [10.0, 2.0, 1.0, 0.5], [0, 1, 2, 3]
-  points = [{'train.num_steps': 30, 'logging.tensorboard': False, 'objective.beta': b, 'seed': s}
-            for b in betas for s in seeds]
+  # 100 steps, a checkpoint every 10: the sweep is interrupted while some point is
+  # at most half way, so the signal cannot arrive after its last step.
+  points = [{'train.num_steps': 100, 'train.eval_every_steps': 50, 'logging.tensorboard': False,
+             'objective.beta': b, 'seed': s} for b in betas for s in seeds]
   sweep_file = write_sweep_file(tmp_path / 'sweep.py', points)
   names = sweep.point_names(points)
   assert len(names) == 16
@@ -139,19 +141,22 @@ def test_interrupted_sweep_resumes(tmp_path):
   def finished():
     return {n for n in names if sweep.is_finished(sweep_dir / n)}
 
-  def mid_run():
-    # Unfinished points with a committed checkpoint (a step number; with a save
-    # every 10 steps and 3 kept, step 10 itself may be gone by the next poll).
+  def mid_run(at_most=100):
+    # Unfinished points whose latest committed checkpoint (a step number; with a
+    # save every 10 steps and 3 kept, step 10 itself may be gone by the next poll)
+    # is at most `at_most`.
     running = set()
     for n in names:
       checkpoints = sweep_dir / n / 'checkpoints'
-      if (not sweep.is_finished(sweep_dir / n) and checkpoints.is_dir()
-          and any(d.isdigit() for d in os.listdir(checkpoints))):
+      if sweep.is_finished(sweep_dir / n) or not checkpoints.is_dir():
+        continue
+      steps = [int(d) for d in os.listdir(checkpoints) if d.isdigit()]
+      if steps and max(steps) <= at_most:
         running.add(n)
     return running
 
   deadline = time.time() + 300
-  while time.time() < deadline and not (len(finished()) >= 4 and mid_run()):
+  while time.time() < deadline and not (len(finished()) >= 4 and mid_run(at_most=50)):
     time.sleep(0.05)
   assert proc.poll() is None, 'the sweep finished before it could be interrupted'
   proc.send_signal(signal.SIGINT)
@@ -159,8 +164,7 @@ def test_interrupted_sweep_resumes(tmp_path):
   assert proc.returncode == 1, out
   assert 'run the same command again' in out
   done_first = finished()
-  # A point caught mid-run saves a checkpoint and exits; it may only have
-  # finished if the signal came in its last instants.
+  # A point caught mid-run saves a checkpoint and exits.
   interrupted = mid_run()
   assert 4 <= len(done_first) < 16 and interrupted, out
   status = json.loads((sweep_dir / 'status.json').read_text())
@@ -187,7 +191,7 @@ def test_interrupted_sweep_resumes(tmp_path):
   for n in never_started:
     assert 'Resumed from' not in (sweep_dir / 'logs' / f'{n}.log').read_text(), n
   for n in names:
-    assert json.loads((sweep_dir / n / sweep.FINAL_METRICS).read_text())['step'] == 30
+    assert json.loads((sweep_dir / n / sweep.FINAL_METRICS).read_text())['step'] == 100
 
   agg = subprocess.run([sys.executable, 'scripts/aggregate.py', f'--sweep_dir={sweep_dir}',
                         '--x=objective.beta'], cwd=ROOT, capture_output=True, text=True,

@@ -1,5 +1,6 @@
 """Log-likelihoods and KL terms against direct formulas and Monte Carlo."""
 
+import itertools
 import math
 
 import jax
@@ -343,3 +344,75 @@ def test_rgb_mixture_sample_frequencies_match_log_prob():
   # Nearly all the mass lies on the colours seen, and each is seen as often as it should be.
   assert np.exp(np.asarray(log_p, np.float64)).sum() > 0.999
   _assert_frequencies_match(counts, log_p, n)
+
+
+def _all_binary_images(height, width):
+  grid = np.array(list(itertools.product([0.0, 1.0], repeat=height * width)), np.float32)
+  return jnp.asarray(grid.reshape(-1, height, width, 1))
+
+
+@pytest.mark.parametrize('radius', [1, 2])
+def test_local_bernoulli_sums_to_one_over_every_binary_image(radius):
+  # 3x4 binary images: all 4,096 of them; the chain's probabilities sum to 1.
+  lik = likelihoods.LocalBernoulli(radius)
+  assert lik.out_channels(1) == 1 + likelihoods.context_size(radius)
+  assert likelihoods.context_size(radius) == (4, 12)[radius - 1]
+  out = 1.5 * jax.random.normal(jax.random.key(radius), (3, 4, lik.out_channels(1)))
+  log_p = jax.vmap(lambda x: lik.log_prob(x, out))(_all_binary_images(3, 4))
+  assert float(jax.nn.logsumexp(log_p)) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_local_bernoulli_matches_the_chain_written_out():
+  # p(x) = prod_i sigmoid-Bernoulli(x_i | a_i + sum_j w_ij x_j), the context read by hand.
+  lik = likelihoods.LocalBernoulli(1)
+  height, width = 3, 4
+  out = np.asarray(jax.random.normal(jax.random.key(3), (height, width, 5)), np.float64)
+  x = np.asarray(jax.random.uniform(jax.random.key(4), (height, width, 1)) > 0.5, np.float64)
+  total = 0.0
+  for y in range(height):
+    for c in range(width):
+      context = [(y - 1, c - 1), (y - 1, c), (y - 1, c + 1), (y, c - 1)]
+      values = [x[i, j, 0] if 0 <= i < height and 0 <= j < width else 0.0 for i, j in context]
+      logit = out[y, c, 0] + np.dot(out[y, c, 1:], values)
+      p = 1.0 / (1.0 + np.exp(-logit))
+      total += math.log(p if x[y, c, 0] else 1.0 - p)
+  assert float(lik.log_prob(jnp.asarray(x, jnp.float32), jnp.asarray(out, jnp.float32))) == (
+      pytest.approx(total, abs=1e-4))
+  # One image against k decoded samples of it, as the bound computes it.
+  outs = jnp.stack([jnp.asarray(out, jnp.float32), jnp.zeros((height, width, 5))])[:, None]
+  both = lik.log_prob(jnp.asarray(x, jnp.float32)[None], outs)
+  assert both.shape == (2, 1)
+  np.testing.assert_allclose(both[:, 0], [total, height * width * math.log(0.5)], atol=1e-4)
+
+
+@pytest.mark.parametrize('radius', [1, 2])
+def test_local_bernoulli_sample_frequencies_match_log_prob(radius):
+  lik = likelihoods.LocalBernoulli(radius)
+  n = 200_000
+  out = 1.5 * jax.random.normal(jax.random.key(7), (3, 3, lik.out_channels(1)))
+  images = _all_binary_images(3, 3)
+  log_p = jax.vmap(lambda x: lik.log_prob(x, out))(images)
+  sample = jax.jit(lambda k: lik.sample(k, jnp.broadcast_to(out, (n,) + out.shape)))(
+      jax.random.key(8))
+  assert set(np.unique(np.asarray(sample))) <= {0.0, 1.0}
+  index = np.asarray(sample).reshape(n, 9).astype(int) @ (2 ** np.arange(8, -1, -1))
+  _assert_frequencies_match(np.bincount(index, minlength=512), log_p, n)
+
+
+def test_local_bernoulli_mean_is_the_mean_field_chain():
+  lik = likelihoods.LocalBernoulli(1)
+  out = jax.random.normal(jax.random.key(9), (2, 3, 4, 5))
+  # Without context weights the pixels are independent and the mean is exact.
+  independent = out.at[..., 1:].set(0.0)
+  np.testing.assert_allclose(lik.mean(independent), jax.nn.sigmoid(independent[..., :1]),
+                             rtol=1e-6)
+  # With them, each pixel's probability given its context's probabilities.
+  mean = np.asarray(lik.mean(out), np.float64)
+  a, w = np.asarray(out[..., 0], np.float64), np.asarray(out[..., 1:], np.float64)
+  padded = np.pad(mean[..., 0], [(0, 0), (1, 0), (1, 1)])
+  for y in range(3):
+    for c in range(4):
+      context = np.stack([padded[:, y, c], padded[:, y, c + 1], padded[:, y, c + 2],
+                          padded[:, y + 1, c]], -1)
+      expected = 1.0 / (1.0 + np.exp(-(a[:, y, c] + np.sum(w[:, y, c] * context, -1))))
+      np.testing.assert_allclose(mean[:, y, c, 0], expected, rtol=1e-5)

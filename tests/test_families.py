@@ -31,6 +31,7 @@ FAMILIES = {
     'logistic_mixture': dict(data__binarization='none', model__likelihood='logistic_mixture',
                              model__num_mixtures=3),
     'gaussian': dict(data__binarization='none', model__likelihood='gaussian'),
+    'local_bernoulli': dict(model__likelihood='local_bernoulli', model__context_radius=2),
     'gaussian_binary': dict(data__binarization='static', model__likelihood='gaussian'),
     'two_layers_mixture': dict(model__upper_latent_dims=(3,), model__upper_hidden=((16,),),
                                model__prior='mixture', model__prior_components=3),
@@ -39,6 +40,9 @@ FAMILIES = {
     # Top-down hierarchies of 2, 5 and 20 groups, dense and spatial.
     'top_down_2': dict(model__hierarchy='top_down', model__groups=(6, 3), model__state_width=16,
                        model__block_hidden=8),
+    'top_down_local': dict(model__hierarchy='top_down', model__groups=(6, 3),
+                           model__state_width=16, model__block_hidden=8,
+                           model__likelihood='local_bernoulli'),
     'top_down_5': dict(model__hierarchy='top_down', model__groups=(8, 8, 4, 4, 2),
                        model__state_width=16, model__block_hidden=8, model__merge='precision',
                        model__scale='exp', optimizer__ema_decay=0.9,
@@ -115,6 +119,11 @@ def test_gaussian_on_binary_data_reports_discrete_units(tmp_path):
     (dict(model__prior_components=0), 'model.prior_components'),
     (dict(model__iaf_hidden=()), 'model.iaf_hidden'),
     (dict(model__num_mixtures=0), 'model.num_mixtures'),
+    (dict(model__likelihood='local_bernoulli', model__context_radius=0),
+     'model.context_radius: must be a positive int'),
+    (dict(model__context_radius=2), "model.context_radius: is the local_bernoulli"),
+    (dict(data__binarization='none', model__likelihood='local_bernoulli'),
+     "model.likelihood: 'local_bernoulli' needs binary data"),
 ])
 def test_family_fields_are_validated(overrides, match):
   with pytest.raises(config_lib.ConfigError, match=match):

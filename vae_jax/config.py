@@ -121,8 +121,13 @@ FIELDS = (
     ('model.activation', 'relu', f'One of {ACTIVATIONS}.'),
     ('model.likelihood', 'bernoulli', 'p(x | z): bernoulli (binary data), gaussian (dequantised: '
      'log p(x) in discrete units), discretized_logistic, logistic_mixture (num_mixtures '
-     'components per pixel, Salimans et al. 2017; channel-autoregressive for colour).'),
+     'components per pixel, Salimans et al. 2017; channel-autoregressive for colour), '
+     'local_bernoulli (binary data, each pixel also conditioned on its causal neighbours '
+     'within context_radius).'),
     ('model.num_mixtures', 10, 'Components of the logistic_mixture likelihood.'),
+    ('model.context_radius', 1, 'The local_bernoulli likelihood\'s context: each pixel\'s logit '
+     'also reads the pixels before it within this radius (r rows of 2r + 1 above, r to the '
+     'left: 4 at 1, 12 at 2), with weights the decoder emits.'),
     ('model.prior', 'standard_normal', 'p(z) of the top layer: standard_normal, mixture '
      '(prior_components learned Gaussians) or vamp (Tomczak & Welling 2018: prior_components '
      'pseudo-inputs through the encoder); for a VQ-VAE (posterior vq) a prior over its code '
@@ -412,8 +417,9 @@ def validate(config, num_devices=None):
   _check(config.model.architecture != 'conv' or len(config.model.conv_features) > 0,
          'model.conv_features', 'a conv model needs at least one layer')
   binary = config.data.binarization in ('static', 'dynamic') or config.data.name == 'binarized_mnist'
-  _check(config.model.likelihood != 'bernoulli' or binary, 'model.likelihood',
-         "'bernoulli' needs binary data (data.binarization 'static' or 'dynamic')")
+  _check(config.model.likelihood not in ('bernoulli', 'local_bernoulli') or binary,
+         'model.likelihood', f"{config.model.likelihood!r} needs binary data "
+         "(data.binarization 'static' or 'dynamic')")
   try:
     models.validate_config(config.model, has_labels=data.has_labels(config.data.name),
                            channels=data.IMAGE_SHAPES[config.data.name][-1],
@@ -502,8 +508,8 @@ _OBJECTIVE_FIELDS = {
 VQ_STAGE_ONE_FIELDS = ('data.name', 'data.data_dir', 'data.binarization', 'data.train_split',
                        'data.eval_split', 'model.architecture', 'model.conv_features',
                        'model.latent_dim', 'model.activation', 'model.likelihood',
-                       'model.num_mixtures', 'model.codebook_size', 'model.codebook_update',
-                       'model.vq_residual_blocks')
+                       'model.num_mixtures', 'model.context_radius', 'model.codebook_size',
+                       'model.codebook_update', 'model.vq_residual_blocks')
 
 
 def _validate_vq(config):

@@ -53,6 +53,7 @@ from vae_jax import data
 from vae_jax import evaluate
 from vae_jax import logging as vlog
 from vae_jax import objectives
+from vae_jax import replicas
 from vae_jax import sharding
 from vae_jax import train
 from vae_jax.models import likelihoods
@@ -438,7 +439,7 @@ def bench_seeds(config, num_seeds, repeats, seconds):
   trainer (data on device, compile) and the first call, is reported beside it:
   S separate runs pay it S times.
   """
-  single_config = train.replica_config(config, config.seed)
+  single_config = replicas.replica_config(config, config.seed)
   vmapped_config = ml_collections.ConfigDict(single_config.to_dict())
   vmapped_config.train.num_seeds = num_seeds
   config_lib.validate(vmapped_config)

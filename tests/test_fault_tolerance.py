@@ -345,12 +345,13 @@ _LATENT = 4
 _MIXTURES = 3  # Components of the logistic mixture.
 _LOG_VARIANCES = [-100.0, 1e4, [-100.0, -30.0, 30.0, 1e4]]  # Per latent dimension.
 _LOGITS = [200.0, -200.0, np.where(np.arange(np.prod(_SHAPE)) % 2, 200.0, -200.0)]
-_DECODER_LOG_SCALES = [-100.0, 1e4]  # Second output plane of Gaussian / logistic.
+_DECODER_LOG_SCALES = [-100.0, 1e4]  # Second output planes: log-scales, context weights.
 # Per likelihood, the decoder planes (per pixel) that get the extreme first output (the
 # Bernoulli logit; the Gaussian, logistic and mixture components' means, and one mixture
 # logit) and those that get the extreme log-scale; None where there is no scale.
 _PLANES = {
     'bernoulli': ([0], None),
+    'local_bernoulli': ([0], [1, 2, 3, 4]),  # The second planes: its 4 context weights.
     'gaussian': ([0], [1]),
     'discretized_logistic': ([0], [1]),
     'logistic_mixture': ([0] + list(range(_MIXTURES, 2 * _MIXTURES)),
@@ -397,7 +398,8 @@ def test_08_extreme_logits_and_log_variances_keep_loss_and_gradients_finite(
   model_config.likelihood = likelihood
   model_config.num_mixtures = _MIXTURES
   model = models.make_model(model_config, _SHAPE)
-  levels = [0.0, 1.0] if likelihood == 'bernoulli' else [0.0, 0.5, 1.0]  # Edges and interior.
+  binary = likelihood in ('bernoulli', 'local_bernoulli')
+  levels = [0.0, 1.0] if binary else [0.0, 0.5, 1.0]  # Edges and interior.
   x = jnp.asarray(np.resize(levels, (3,) + _SHAPE), jnp.float32)
   params = models.init_params(model, jax.random.key(0), _SHAPE)
   loss_fn = objectives.make_loss_fn(model, objective, beta=1.0, warmup_steps=0,

@@ -5,18 +5,22 @@ numbers are bit-identical to those of a single run with its seed, so a study
 may train its seeds vmapped and still rerun any one of them alone.
 """
 
+import dataclasses
 import json
 import os
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from vae_jax import config as config_lib
 from vae_jax import generate
 from vae_jax import logging as vlog
 from vae_jax import objectives
+from vae_jax import replicas
 from vae_jax import sweep
 from vae_jax import train
 from vae_jax import workdir as workdir_lib
@@ -48,14 +52,14 @@ def vmapped(tmp_path_factory):
 def single(tmp_path_factory):
   """The single run with the middle seed, in its own workdir."""
   workdir = str(tmp_path_factory.mktemp('single'))
-  config = train.replica_config(seeds_config(), SEEDS[1])
+  config = replicas.replica_config(seeds_config(), SEEDS[1])
   return workdir, config, train.train_and_evaluate(config, workdir)
 
 
 def test_each_replica_has_a_complete_workdir(vmapped):
   workdir, config, metrics = vmapped
   for seed in SEEDS:
-    replica = train.replica_workdir(workdir, seed)
+    replica = replicas.replica_workdir(workdir, seed)
     for name in ('config.json', 'versions.json', 'metrics.jsonl', 'samples.png',
                  'reconstructions.png', 'final_metrics.json', 'checkpoints'):
       assert os.path.exists(os.path.join(replica, name)), (seed, name)
@@ -76,7 +80,7 @@ def test_each_replica_has_a_complete_workdir(vmapped):
 def test_replica_is_bit_identical_to_the_single_run_with_its_seed(vmapped, single):
   workdir, config, _ = vmapped
   single_dir, single_config, single_metrics = single
-  replica = train.replica_workdir(workdir, SEEDS[1])
+  replica = replicas.replica_workdir(workdir, SEEDS[1])
   for step in (20, 40):
     _, got, _ = restored_state(replica, single_config, step)
     _, want, _ = restored_state(single_dir, single_config, step)
@@ -95,10 +99,10 @@ def test_interrupted_vmapped_run_resumes_bit_identically(vmapped, tmp_path):
   resumed = str(tmp_path)
   train.train_and_evaluate(seeds_config(train__num_steps=20), resumed)
   train.train_and_evaluate(seeds_config(), resumed)  # num_steps may change on resume.
-  config = train.replica_config(seeds_config(), SEEDS[0])
+  config = replicas.replica_config(seeds_config(), SEEDS[0])
   for seed in SEEDS:
-    _, got, _ = restored_state(train.replica_workdir(resumed, seed), config, 40)
-    _, want, _ = restored_state(train.replica_workdir(workdir, seed), config, 40)
+    _, got, _ = restored_state(replicas.replica_workdir(resumed, seed), config, 40)
+    _, want, _ = restored_state(replicas.replica_workdir(workdir, seed), config, 40)
     assert_trees_equal(got, want)
 
 
@@ -107,7 +111,7 @@ def test_a_replica_missing_the_newest_step_resumes_all_from_the_common_one(tmp_p
   train.train_and_evaluate(seeds_config(train__num_steps=40), workdir)
   # As if the run died after one replica saved step 40 and before the others did.
   for seed in SEEDS[1:]:
-    checkpoints = os.path.join(train.replica_workdir(workdir, seed), 'checkpoints')
+    checkpoints = os.path.join(replicas.replica_workdir(workdir, seed), 'checkpoints')
     os.rename(os.path.join(checkpoints, '40'), os.path.join(str(tmp_path), f'gone_{seed}'))
   trainer = train.Trainer(seeds_config(), workdir)
   try:
@@ -124,11 +128,11 @@ def test_a_replica_dir_resumes_as_a_single_run(vmapped, single, tmp_path):
   workdir, _, _ = vmapped
   single_dir, _, _ = single
   copies = []
-  for name, source in (('replica', train.replica_workdir(workdir, SEEDS[1])),
+  for name, source in (('replica', replicas.replica_workdir(workdir, SEEDS[1])),
                        ('single', single_dir)):
     copy = str(tmp_path / name)
     os.system(f'cp -r {source} {copy}')
-    config = train.replica_config(seeds_config(train__num_steps=60), SEEDS[1])
+    config = replicas.replica_config(seeds_config(train__num_steps=60), SEEDS[1])
     train.train_and_evaluate(config, copy)
     copies.append(restored_state(copy, config, 60)[1])
   assert_trees_equal(*copies)
@@ -140,31 +144,89 @@ def test_optimizer_counters_follow_the_step_even_over_skipped_steps(name, schedu
   """The counters stay shared by all replicas only if every one advances once per step."""
   c = tiny_config(optimizer__name=name, optimizer__schedule=schedule,
                   optimizer__warmup_steps=3, optimizer__weight_decay=1e-4,
-                  optimizer__grad_clip_norm=10.0, train__nan_policy='skip')
+                  optimizer__grad_clip_norm=10.0, optimizer__ema_decay=0.9,
+                  train__nan_policy='skip')
   poison_loss(monkeypatch, lambda step: step == 0)  # Step 0 is skipped.
   exp = train.build_experiment(c)
   state = train.init_state(exp)
-  counters = [x for x in jax.tree.leaves(state.opt_state) if train.is_counter(x)]
-  assert counters  # Every optimiser here counts steps somewhere.
-  assert not [x for x in jax.tree.leaves(state.opt_state)
-              if jnp.issubdtype(x.dtype, jnp.integer) and not train.is_counter(x)]
+  leaves, shared = jax.tree.leaves(state.opt_state), jax.tree.leaves(exp.shared)
+  # Every optimiser here counts steps somewhere, and only its integer scalars are shared.
+  assert any(shared)
+  assert all(s == (x.shape == () and jnp.issubdtype(x.dtype, jnp.integer))
+             for x, s in zip(leaves, shared))
   images = exp.dataset.train
   indices = np.stack([np.arange(50), np.arange(50, 100), np.arange(100, 150)])
-  state, metrics = train.make_train_step(exp)(state, jnp.asarray(images), indices,
-                                              exp.keys['train'])
+  new_state, metrics = train.make_train_step(exp)(state, jnp.asarray(images), indices,
+                                                  exp.keys['train'])
   assert metrics['finite'].tolist() == [0.0, 1.0, 1.0]
-  for counter in (x for x in jax.tree.leaves(state.opt_state) if train.is_counter(x)):
+  for counter in (x for x, s in zip(jax.tree.leaves(new_state.opt_state), shared) if s):
     assert int(counter) == 3
+
+
+class _ArgmaxState(NamedTuple):
+  where: jax.Array  # An integer scalar that is not a counter.
+
+
+def _largest_gradient_entry():
+  """A transformation whose state is the index of the largest |update| entry it last saw."""
+  def init(params):
+    del params
+    return _ArgmaxState(jnp.zeros((), jnp.int32))
+
+  def update(updates, state, params=None):
+    del state, params
+    first = jax.tree.leaves(updates)[0]
+    return updates, _ArgmaxState(jnp.argmax(jnp.abs(first.ravel())).astype(jnp.int32))
+  return optax.GradientTransformation(init, update)
+
+
+def _with_argmax(exp):
+  return dataclasses.replace(exp, tx=optax.chain(exp.tx, _largest_gradient_entry()),
+                             _shared=None)
+
+
+def test_an_integer_leaf_that_is_not_a_counter_is_the_replicas_own(monkeypatch):
+  """Sharing is found from what an update depends on, not from dtypes: an optax state's
+  integer scalar that the gradients set is per replica and kept over a skipped step."""
+  config = seeds_config(train__nan_policy='skip', train__max_consecutive_nonfinite=20)
+  exp = _with_argmax(train.build_experiment(config))
+  argmax_shared = jax.tree.leaves(exp.shared)[-1]
+  counters = [s for s in jax.tree.leaves(exp.shared)[:-1] if s]
+  assert not argmax_shared and counters
+  images = jnp.asarray(exp.dataset.train)
+  indices = np.stack([np.arange(i * 150, (i + 1) * 150).reshape(3, 50) for i in range(3)])
+  keys = jnp.stack([train.root_keys(seed)['train'] for seed in SEEDS])
+  state = replicas.stack([train.init_state(exp, seed) for seed in SEEDS], exp.shared)
+  stacked, _ = train.make_train_step(exp)(state, images, indices, keys)
+  where = jax.tree.leaves(stacked.opt_state)[-1]
+  assert where.shape == (3,) and len(set(where.tolist())) > 1  # The replicas' own values.
+  # Each replica's leaf is what its single run computes; over a skipped step (the
+  # third) the leaf keeps the second step's value while the counters move on.
+  singles = [_with_argmax(train.build_experiment(replicas.replica_config(config, seed)))
+             for seed in SEEDS]
+  for i, (seed, single) in enumerate(zip(SEEDS, singles)):
+    ran, _ = train.make_train_step(single)(train.init_state(single, seed), images, indices[i],
+                                           keys[i])
+    assert int(jax.tree.leaves(ran.opt_state)[-1]) == int(where[i])
+  poison_loss(monkeypatch, lambda step: step == 2)
+  for i, (seed, single) in enumerate(zip(SEEDS, singles)):
+    step_fn = train.make_train_step(single)
+    two, _ = step_fn(train.init_state(single, seed), images, indices[i][:2], keys[i])
+    skipped, metrics = step_fn(train.init_state(single, seed), images, indices[i], keys[i])
+    assert metrics['finite'].tolist() == [1.0, 1.0, 0.0]
+    leaves, shared = jax.tree.leaves(skipped.opt_state), jax.tree.leaves(single.shared)
+    assert int(leaves[-1]) == int(jax.tree.leaves(two.opt_state)[-1])
+    assert all(int(x) == 3 for x, s in zip(leaves, shared) if s)
 
 
 def test_stack_and_unstack_round_trip():
   exp = train.build_experiment(tiny_config())
   states = [train.init_state(exp, seed) for seed in SEEDS]
-  stacked = train.stack_states(states)
+  stacked = replicas.stack(states, exp.shared)
   for i, state in enumerate(states):
-    assert_trees_equal(train.replica_state(stacked, i).to_dict(), state.to_dict())
+    assert_trees_equal(replicas.unstack(stacked, i, exp.shared).to_dict(), state.to_dict())
   with pytest.raises(ValueError, match='different steps'):
-    train.stack_states([states[0], states[1].replace(step=states[1].step + 1)])
+    replicas.stack([states[0], states[1].replace(step=states[1].step + 1)], exp.shared)
 
 
 def test_num_seeds_is_validated():
@@ -221,9 +283,9 @@ def test_a_replica_stays_bit_identical_when_another_skips_a_step(monkeypatch, tm
   skipped = []
   for seed in SEEDS:
     single_dir = str(tmp_path / f'single_{seed}')
-    config = train.replica_config(seeds_config(**overrides), seed)
+    config = replicas.replica_config(seeds_config(**overrides), seed)
     train.train_and_evaluate(config, single_dir)
-    replica = train.replica_workdir(vmapped_dir, seed)
+    replica = replicas.replica_workdir(vmapped_dir, seed)
     assert_trees_equal(restored_state(replica, config, 20)[1],
                        restored_state(single_dir, config, 20)[1])
     [record] = [r for r in vlog.read_metrics(replica, 'train') if r['step'] == 10]
@@ -233,7 +295,7 @@ def test_a_replica_stays_bit_identical_when_another_skips_a_step(monkeypatch, tm
   clean_dir = str(tmp_path / 'clean')
   monkeypatch.setattr(objectives, 'make_loss_fn', real)
   train.train_and_evaluate(seeds_config(train__num_steps=20), clean_dir)
-  clean = [[r for r in vlog.read_metrics(train.replica_workdir(clean_dir, s), 'train')
+  clean = [[r for r in vlog.read_metrics(replicas.replica_workdir(clean_dir, s), 'train')
             if r['step'] == 10][0]['elbo'] for s in SEEDS]
   assert 0 < sum(a != b for a, b in zip(skipped, clean)) < len(SEEDS)
 
@@ -257,5 +319,5 @@ def test_tools_take_a_replica_and_point_from_the_run_to_its_replicas(vmapped):
   with pytest.raises(workdir_lib.WorkdirError, match='seed_4'):
     generate.load_trained(workdir)
   assert not os.path.exists(os.path.join(workdir, 'checkpoints'))  # Nothing created.
-  _, params, step = generate.load_trained(train.replica_workdir(workdir, SEEDS[1]))
+  _, params, step = generate.load_trained(replicas.replica_workdir(workdir, SEEDS[1]))
   assert step == 40 and jax.tree.leaves(params)[0].ndim >= 1

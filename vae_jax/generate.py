@@ -34,6 +34,7 @@ from vae_jax import config as config_lib
 from vae_jax import data
 from vae_jax import evaluate
 from vae_jax import logging as vlog
+from vae_jax import replicas
 from vae_jax import sampling
 from vae_jax import train
 from vae_jax import workdir as workdir_lib
@@ -72,10 +73,10 @@ def load_trained(workdir, step=None, stages=None):
     raise workdir_lib.WorkdirError(
         f'{os.path.join(workdir, workdir_lib.CONFIG_FILE)}: {e}') from e
   if config.train.num_seeds > 1:
-    seeds = train.replica_seeds(config)
+    seeds = replicas.seeds(config)
     raise workdir_lib.WorkdirError(
         f'{workdir} trained {len(seeds)} seeds at once; each is a workdir of its own: '
-        + ', '.join(train.replica_workdir(workdir, s) for s in seeds))
+        + ', '.join(replicas.replica_workdir(workdir, s) for s in seeds))
   checkpoints = os.path.join(workdir, 'checkpoints')
   if not os.path.isdir(checkpoints):  # Checkpointer would create it.
     raise workdir_lib.WorkdirError(f'{workdir} has no checkpoints/ directory')

@@ -29,6 +29,7 @@ from vae_jax import logging as vlog
 from vae_jax import models
 from vae_jax import objectives
 from vae_jax import optim
+from vae_jax import replicas
 from vae_jax import sampling
 from vae_jax import sharding
 from vae_jax import trackers
@@ -60,6 +61,15 @@ class Experiment:
   steps_per_epoch: int
   keys: dict  # root_keys(config.seed): the first replica's streams.
   seeds: tuple  # config.seed + i for each of the train.num_seeds replicas.
+  _shared: Any = None
+
+  @property
+  def shared(self):
+    """replicas.shared_leaves of the optimiser: True at the leaves every replica shares
+    and a skipped update still advances (step counters)."""
+    if self._shared is None:
+      self._shared = replicas.shared_leaves(self.tx, abstract_state(self).params)
+    return self._shared
 
 
 def resolve_num_steps(train_config, num_train):
@@ -88,14 +98,9 @@ def build_experiment(config) -> Experiment:
   num_steps, steps_per_epoch = resolve_num_steps(config.train, dataset.num_train)
   tx = optim.make_optimizer(config.optimizer, num_steps,
                             objectives.extra_optimizers(config.objective, model))
-  seeds = replica_seeds(config)
+  seeds = replicas.seeds(config)
   return Experiment(config, dataset, model, tx, num_steps, steps_per_epoch,
                     root_keys(config.seed), seeds)
-
-
-def replica_seeds(config) -> tuple:
-  """config.seed, config.seed + 1, ...: the seeds of the train.num_seeds replicas."""
-  return tuple(config.seed + i for i in range(config.train.num_seeds))
 
 
 def eval_params(state: TrainState):
@@ -164,54 +169,6 @@ def abstract_state(exp: Experiment, sharding_=None) -> TrainState:
                       shapes)
 
 
-# Several seeds in one program (config.train.num_seeds = S > 1): the replicas'
-# params and optimiser moments are stacked on a leading axis of size S and the
-# train step is `jax.vmap`ped over it. The step number and the optimiser's step
-# counters are the same for every replica (they advance on every step, see
-# make_train_step), so they stay unstacked scalars: the counter-dependent
-# arithmetic (Adam's bias correction, schedules, KL warm-up) is then the same
-# scalar code as in a single run. Batched, XLA rewrites `m / broadcast(1 - b^t)`
-# as a multiplication by the reciprocal, one rounding away from a single run.
-
-SEEDS_AXIS = 'seeds'  # The vmapped replica axis, named for lax.pmin.
-
-
-def is_counter(leaf) -> bool:
-  """Optimiser step counters: the integer scalars of an optax state."""
-  shape, dtype = getattr(leaf, 'shape', None), getattr(leaf, 'dtype', None)
-  return shape == () and dtype is not None and jnp.issubdtype(dtype, jnp.integer)
-
-
-def replica_axes(state: TrainState) -> TrainState:
-  """`jax.vmap` axes of a stacked state: 0 for per-replica leaves, None for shared."""
-  return TrainState(
-      step=None, params=jax.tree.map(lambda _: 0, state.params),
-      opt_state=jax.tree.map(lambda x: None if is_counter(x) else 0, state.opt_state))
-
-
-def stack_states(states: list) -> TrainState:
-  """Single-run states of the replicas (all at one step) -> one stacked state."""
-  def stack(*leaves):
-    if is_counter(leaves[0]):
-      if len({int(x) for x in leaves}) != 1:
-        raise ValueError(f'replicas disagree on an optimiser counter: {leaves}')
-      return leaves[0]
-    return jnp.stack(leaves)
-  steps = {int(s.step) for s in states}
-  if len(steps) != 1:
-    raise ValueError(f'replicas are at different steps: {sorted(steps)}')
-  stacked = jax.tree.map(stack, *[s.to_dict() for s in states])
-  return TrainState(**stacked)
-
-
-def replica_state(state: TrainState, i: int) -> TrainState:
-  """Replica i of a stacked state, as the state of a single run."""
-  def take(x):
-    return x if is_counter(x) else x[i]
-  return TrainState(state.step, jax.tree.map(take, state.params),
-                    jax.tree.map(take, state.opt_state))
-
-
 def step_compiler_options(config) -> dict:
   """XLA options of the train step: with train.exact_replicas on CPU, no YNNPACK reductions.
 
@@ -257,10 +214,11 @@ def make_train_step(exp: Experiment):
   and reports `finite = 0`; the loop decides what to do about it. So does a
   finite step whose gradient norm reaches optimizer.skip_threshold (> 0),
   reporting `skipped = 1`. The
-  optimiser's step counters advance on every step, applied or skipped, so the
-  learning-rate schedule and bias correction follow the step number.
+  optimiser's step counters (the leaves `replicas.shared_leaves` finds) advance on
+  every step, applied or skipped, so the learning-rate schedule and bias
+  correction follow the step number.
 
-  With train.num_seeds = S > 1 the state is stacked (`stack_states`), indices
+  With train.num_seeds = S > 1 the state is stacked (`replicas.stack`), indices
   are [S, T, B] (each replica's own data order), keys are [S] and metrics
   [S, T]: the same step, `jax.vmap`ped over the replicas.
   """
@@ -270,6 +228,7 @@ def make_train_step(exp: Experiment):
   binarization = exp.dataset.binarization
   dequantize = exp.model.likelihood.dequantize
   multi = len(exp.seeds) > 1
+  shared = exp.shared
   skip_threshold = float(c.optimizer.get('skip_threshold', 0.0))
 
   def train_step(state, images, indices, key, labels=None):
@@ -288,9 +247,16 @@ def make_train_step(exp: Experiment):
         updates, new_opt_state = exp.tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), new_opt_state
 
+      def skip(operands):
+        # The update's shared leaves (counters) advance; XLA drops the rest of it.
+        params, opt_state = operands
+        _, new_opt_state = exp.tx.update(grads, opt_state, params)
+        return params, replicas.select(False, new_opt_state, opt_state, shared)
+
       def apply_where_ok(operands):
-        new = apply(operands)
-        return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, operands)
+        (params, opt_state), (new_params, new_opt_state) = operands, apply(operands)
+        return (jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_params, params),
+                replicas.select(ok, new_opt_state, opt_state, shared))
 
       # Vmapped over replicas, the update runs under a lax.cond on a predicate
       # they all share (every replica finite), so it stays a cond: with a
@@ -302,14 +268,10 @@ def make_train_step(exp: Experiment):
       # single run skips the whole update: its other branch reads nothing, so
       # no copy of the state is made for it.
       if multi:
-        params, opt_state = jax.lax.cond(jax.lax.pmin(ok, SEEDS_AXIS), apply,
+        params, opt_state = jax.lax.cond(jax.lax.pmin(ok, replicas.AXIS), apply,
                                          apply_where_ok, (state.params, state.opt_state))
       else:
-        params, opt_state = jax.lax.cond(ok, apply, lambda operands: operands,
-                                         (state.params, state.opt_state))
-      # Counters advance on every step, applied or skipped (see is_counter).
-      opt_state = jax.tree.map(lambda old, new: old + 1 if is_counter(old) else new,
-                               state.opt_state, opt_state)
+        params, opt_state = jax.lax.cond(ok, apply, skip, (state.params, state.opt_state))
       metrics = dict(metrics, finite=finite.astype(jnp.float32), grad_norm=grad_norm)
       if skip_threshold:
         metrics['skipped'] = (finite & ~ok).astype(jnp.float32)
@@ -319,9 +281,9 @@ def make_train_step(exp: Experiment):
 
   step_fn = train_step
   if multi:
-    axes = replica_axes(jax.eval_shape(lambda: init_state(exp, shapes_only=True)))
+    axes = replicas.state_axes(abstract_state(exp), shared)
     vmapped = jax.vmap(train_step, in_axes=(axes, None, 0, 0, None), out_axes=(axes, 0),
-                       axis_name=SEEDS_AXIS)
+                       axis_name=replicas.AXIS)
 
     def step_fn(state, images, indices, key, labels=None):
       return vmapped(state, images, indices, key, labels)
@@ -424,18 +386,6 @@ class Replica:
   last_saved_step: int | None = None
 
 
-def replica_config(config, seed):
-  """The single-run config that replica `seed` of a multi-seed run reproduces."""
-  single = ml_collections.ConfigDict(config.to_dict())
-  single.seed = seed
-  single.train.num_seeds = 1
-  return single
-
-
-def replica_workdir(workdir, seed):
-  return os.path.join(workdir, f'seed_{seed}')
-
-
 class Trainer:
   """Holds the run's pieces so the loop below reads as a list of steps."""
 
@@ -460,8 +410,8 @@ class Trainer:
     workdir = self.workdir
     single = c
     if self.multi:
-      workdir = workdir_lib.prepare(replica_workdir(self.workdir, seed))
-      single = replica_config(c, seed)
+      workdir = workdir_lib.prepare(replicas.replica_workdir(self.workdir, seed))
+      single = replicas.replica_config(c, seed)
       workdir_lib.check_resume(workdir, single)
     identity = workdir_lib.run_identity(single, hint=(
         'Move that step out of checkpoints/ (or train in another --workdir); if the change '
@@ -503,7 +453,7 @@ class Trainer:
     if self.multi:
       for r in self.replicas:
         workdir_lib.write_json(os.path.join(r.workdir, workdir_lib.CONFIG_FILE),
-                               replica_config(self.config, r.seed).to_dict())
+                               replicas.replica_config(self.config, r.seed).to_dict())
         workdir_lib.record_versions(r.workdir)
 
   def initial_state(self):
@@ -524,7 +474,7 @@ class Trainer:
       vlog.info(f'Resumed from {where} at step {step}.')
     if not self.multi:
       return targets[0]
-    return sharding.put_replicated(stack_states(targets), self.mesh)
+    return sharding.put_replicated(replicas.stack(targets, self.exp.shared), self.mesh)
 
   def run_call(self, state, step, num):
     c = self.config.train
@@ -541,7 +491,13 @@ class Trainer:
     """[(replica, its single-run state)] for a single or a stacked state."""
     if not self.multi:
       return [(self.replicas[0], state)]
-    return [(r, replica_state(state, i)) for i, r in enumerate(self.replicas)]
+    return [(r, replicas.unstack(state, i, self.exp.shared)) for i, r in enumerate(self.replicas)]
+
+  def replica_params(self, params):
+    """[(replica, its parameters)] for a single or a stacked parameter tree."""
+    if not self.multi:
+      return [(self.replicas[0], params)]
+    return [(r, jax.tree.map(lambda x, i=i: x[i], params)) for i, r in enumerate(self.replicas)]
 
   def save(self, state, step, force=False):
     for r, s in self.replica_states(state):
@@ -566,8 +522,8 @@ class Trainer:
     """Held-out ELBO of every replica, logged per replica (with `record`, also written to
     metrics.jsonl and TensorBoard); returns a list of dicts."""
     results = []
-    for r, s in self.replica_states(TrainState(step, params, ())):
-      metrics = evaluate.evaluate_elbo(self.exp.model, s.params, r.eval_images,
+    for r, replica_params in self.replica_params(params):
+      metrics = evaluate.evaluate_elbo(self.exp.model, replica_params, r.eval_images,
                                        r.keys['eval'], batch_size=self.config.eval.batch_size,
                                        labels=r.eval_labels)
       if record:
@@ -586,12 +542,12 @@ class Trainer:
     # and only process 0 gets here.
     params = sharding.to_host(params)
     model, s = self.exp.model, self.config.sampling
-    for r, rs in self.replica_states(TrainState(step, params, ())):
-      samples = sampling.prior_samples(model, rs.params, r.keys['sample'], s.num_samples,
+    for r, replica_params in self.replica_params(params):
+      samples = sampling.prior_samples(model, replica_params, r.keys['sample'], s.num_samples,
                                        s.temperature, class_rows(model, s.num_samples))
       x = r.eval_images[:s.num_reconstructions]
       labels = None if r.eval_labels is None else r.eval_labels[:s.num_reconstructions]
-      pairs = sampling.side_by_side(x, sampling.reconstructions(model, rs.params, x,
+      pairs = sampling.side_by_side(x, sampling.reconstructions(model, replica_params, x,
                                                                 labels=labels))
       for name, images, columns in (('samples', samples, None), ('reconstructions', pairs, 16)):
         grid = vlog.image_grid(np.asarray(images), columns=columns)
@@ -725,7 +681,7 @@ def _train_loop(trainer: Trainer):
   seeds = f'{len(exp.seeds)} seeds vmapped, ' if trainer.multi else ''
   kind = 'VQ-VAE' if config.model.posterior == 'vq' else f'{config.model.architecture} VAE'
   vlog.info(f'Training {kind} on {config.data.name}: '
-            f'{models.count_params(trainer.replica_states(state)[0][1].params):,} params, '
+            f'{models.count_params(trainer.replica_params(state.params)[0][1]):,} params, '
             f'{seeds}{num_steps} steps ({exp.steps_per_epoch} per epoch), batch '
             f'{c.batch_size}, {sharding.device_count()} device(s), from step {step}.')
   learning_rate = optim.learning_rate_fn(config.optimizer, num_steps)
@@ -799,10 +755,10 @@ def _final_evaluation(trainer: Trainer, state) -> dict:
   params = eval_params(state)
   record = trainer.record_final
   results = trainer.evaluate(params, step, record=record)
-  for (r, rs), metrics in zip(trainer.replica_states(TrainState(step, params, ())), results):
+  for (r, replica_params), metrics in zip(trainer.replica_params(params), results):
     if config.eval.num_importance_samples:
       ll = evaluate.evaluate_log_likelihood(
-          exp.model, rs.params, r.eval_images, r.keys['eval'],
+          exp.model, replica_params, r.eval_images, r.keys['eval'],
           num_samples=config.eval.num_importance_samples,
           batch_size=config.eval.importance_batch_size,
           chunk_size=config.eval.importance_chunk_size, labels=r.eval_labels)
@@ -810,7 +766,7 @@ def _final_evaluation(trainer: Trainer, state) -> dict:
         r.writer.write(step, 'eval', ll)
       metrics.update(ll)
     if config.eval.disentanglement and exp.dataset.train_factors is not None:
-      scores = _disentanglement(config, exp, rs.params, r.seed)
+      scores = _disentanglement(config, exp, replica_params, r.seed)
       if record:
         r.writer.write(step, 'eval', scores)
       metrics.update(scores)
@@ -818,7 +774,7 @@ def _final_evaluation(trainer: Trainer, state) -> dict:
       workdir_lib.write_json(os.path.join(r.workdir, 'final_metrics.json'),
                              dict(metrics, step=step))
     if record:
-      r.writer.write_hparams(config_lib.flatten(replica_config(config, r.seed).to_dict()),
+      r.writer.write_hparams(config_lib.flatten(replicas.replica_config(config, r.seed).to_dict()),
                              metrics, step)
   trainer.save_images(params, step, record=record)
   images = f'{len(trainer.eval_images)} images, step {step}'

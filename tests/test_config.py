@@ -51,6 +51,16 @@ def test_iwae_rejects_elbo_only_settings(field, value):
   config_lib.validate(c, num_devices=1)
 
 
+def test_num_steps_beside_num_epochs_is_refused():
+  c = config_lib.default_config()
+  c.train.num_epochs, c.train.num_steps = 10.0, 500
+  with pytest.raises(config_lib.ConfigError,
+                     match='config.train.num_steps: 500 would be ignored: train.num_epochs=10.0'):
+    config_lib.validate(c, num_devices=1)
+  c.train.num_epochs = 0.0
+  config_lib.validate(c, num_devices=1)
+
+
 @pytest.mark.parametrize('field,value', BAD_VALUES)
 def test_bad_value_names_the_field(field, value):
   c = config_lib.default_config()

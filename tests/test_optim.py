@@ -66,3 +66,41 @@ def test_burda_equal_gives_every_stage_an_equal_share():
   for i in range(8):
     np.testing.assert_allclose([schedule(100 * i), schedule(100 * i + 99)],
                                1e-3 * 10 ** (-i / 7), rtol=1e-5)
+
+
+def test_adamw_decays_the_weights_outside_the_adaptive_step():
+  # First step: Adam's direction is g / (|g| + eps) ~ sign(g). AdamW adds the decay after
+  # it, -lr (sign(g) + wd p); Adam with weight_decay adds wd p to the gradient first,
+  # -lr sign(g + wd p). With p = 10, g = 0.1, wd = 0.1: -2 lr and -lr.
+  params, grads, lr = {'w': jnp.array([10.0])}, {'w': jnp.array([0.1])}, 0.01
+  steps = {}
+  for name in ('adam', 'adamw'):
+    tx = optim.make_optimizer(opt_config(name=name, learning_rate=lr, weight_decay=0.1), 10)
+    steps[name] = float(tx.update(grads, tx.init(params), params)[0]['w'][0])
+  assert steps['adamw'] == pytest.approx(-2 * lr, rel=1e-5)
+  assert steps['adam'] == pytest.approx(-lr, rel=1e-5)
+
+
+@pytest.mark.parametrize('fields,match', [
+    (dict(schedule='cosine', warmup_steps=100), "optimizer.warmup_steps: 100 steps of warm-up, "
+     "but schedule 'cosine' has none"),
+    (dict(schedule='burda', warmup_steps=5), 'optimizer.warmup_steps'),
+    (dict(name='adagrad', b1=0.5), "optimizer.b1: 0.5 would be ignored: 'adagrad' has no"),
+    (dict(name='adagrad', b2=0.9), 'optimizer.b2: 0.9 would be ignored'),
+    (dict(name='sgd', b2=0.99), "optimizer.b2: 0.99 would be ignored: 'sgd'"),
+    (dict(name='sgd', eps=1e-4), 'optimizer.eps: 0.0001 would be ignored'),
+    (dict(warmup_steps=-1), 'optimizer.warmup_steps: must be an int >= 0'),
+    (dict(ema_decay=1.0), 'optimizer.ema_decay: must be in'),
+    (dict(name='lion'), 'optimizer.name'),
+])
+def test_fields_an_optimizer_would_ignore_are_refused(fields, match):
+  with pytest.raises(optim.OptimizerConfigError, match=match):
+    optim.validate_config(opt_config(**fields), config_lib.default_config().optimizer)
+
+
+def test_fields_each_optimizer_reads_are_accepted():
+  defaults = config_lib.default_config().optimizer
+  for fields in (dict(schedule='constant', warmup_steps=10), dict(schedule='warmup_cosine',
+                 warmup_steps=10), dict(name='sgd', b1=0.0), dict(name='adagrad', eps=1e-4),
+                 dict(name='adamw', b1=0.5, b2=0.9, eps=1e-6)):
+    optim.validate_config(opt_config(**fields), defaults)

@@ -441,20 +441,10 @@ def validate(config, num_devices=None):
     _check_neutral(config, (('objective.beta', 1.0), ('objective.kl_warmup_steps', 0),
                             ('objective.free_bits', 0.0)), "the 'iwae' bound has no {name}")
 
-  _choice(config, 'optimizer.name', OPTIMIZERS)
-  _choice(config, 'optimizer.schedule', SCHEDULES)
-  _check(_number(config, 'optimizer.learning_rate') > 0, 'optimizer.learning_rate', 'must be > 0')
-  _positive(config, 'optimizer.warmup_steps', allow_zero=True)
-  _check(_number(config, 'optimizer.weight_decay') >= 0, 'optimizer.weight_decay', 'must be >= 0')
-  _check(_number(config, 'optimizer.grad_clip_norm') >= 0, 'optimizer.grad_clip_norm',
-         'must be >= 0 (0 turns clipping off)')
-  _check(_number(config, 'optimizer.skip_threshold') >= 0, 'optimizer.skip_threshold',
-         'must be >= 0 (0 never skips)')
-  _check(0 <= _number(config, 'optimizer.ema_decay') < 1, 'optimizer.ema_decay',
-         'must be in [0, 1) (0 evaluates the parameters themselves)')
-  for field in ('optimizer.b1', 'optimizer.b2'):
-    _check(0 <= _number(config, field) < 1, field, 'must be in [0, 1)')
-  _check(_number(config, 'optimizer.eps') > 0, 'optimizer.eps', 'must be > 0')
+  try:
+    optim.validate_config(config.optimizer, default_config().optimizer)
+  except optim.OptimizerConfigError as e:
+    raise ConfigError(str(e)) from None
 
   for field in ('train.batch_size', 'train.num_steps', 'train.steps_per_call',
                 'train.log_every_steps', 'train.eval_every_steps',
@@ -465,6 +455,11 @@ def validate(config, num_devices=None):
                 'sampling.num_samples', 'sampling.num_reconstructions'):
     _positive(config, field)
   _check(_number(config, 'train.num_epochs') >= 0, 'train.num_epochs', 'must be >= 0')
+  default_steps = default_config().train.num_steps
+  _check(not config.train.num_epochs or config.train.num_steps == default_steps,
+         'train.num_steps', f'{config.train.num_steps} would be ignored: train.num_epochs='
+         f'{config.train.num_epochs} sets the length (pass --config.train.num_epochs=0 to count '
+         'in steps)')
   _positive(config, 'eval.num_importance_samples', allow_zero=True)
   _check(_number(config, 'sampling.temperature') > 0, 'sampling.temperature', 'must be > 0')
   _choice(config, 'train.nan_policy', NAN_POLICIES)

@@ -32,6 +32,57 @@ def burda_schedule(learning_rate, num_steps, growth=3, num_stages=8):
 
 # Schedules whose curve depends on the run's length: a new length changes every later rate.
 LENGTH_SHAPED = ('cosine', 'warmup_cosine', 'burda', 'burda_equal')
+WARMUP_SCHEDULES = ('constant', 'warmup_cosine')  # Those that read optimizer.warmup_steps.
+# The fields each optimiser reads beyond the learning rate; any other at a value
+# other than its default would be ignored, so it is refused.
+_READS = {'adam': ('b1', 'b2', 'eps'), 'adamw': ('b1', 'b2', 'eps'), 'adagrad': ('eps',),
+          'sgd': ('b1',)}
+_MEANING = {'b1': "Adam's first-moment decay or sgd's momentum", 'b2': "Adam's second-moment "
+            'decay', 'eps': "Adam's or adagrad's epsilon"}
+
+
+class OptimizerConfigError(ValueError):
+  """An optimizer field that cannot work or would be ignored; the message names it."""
+
+
+def _check(ok, field, message):
+  if not ok:
+    raise OptimizerConfigError(f'config.optimizer.{field}: {message}')
+
+
+def _is_number(value):
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def validate_config(opt_config, defaults):
+  """Refuses, naming the field, an optimizer field that cannot work, or one set away from
+  its value in `defaults` (config.default_config().optimizer) that the chosen optimiser or
+  schedule would ignore."""
+  o = opt_config
+  _check(o.get('name') in OPTIMIZERS, 'name', f'{o.get("name")!r} is not one of {OPTIMIZERS}')
+  _check(o.get('schedule') in SCHEDULES, 'schedule', f'{o.get("schedule")!r} is not one of {SCHEDULES}')
+  for field, low, high, rule in (
+      ('learning_rate', 0, None, 'must be > 0'), ('eps', 0, None, 'must be > 0'),
+      ('warmup_steps', 0, None, 'must be an int >= 0'),
+      ('weight_decay', 0, None, 'must be >= 0'),
+      ('grad_clip_norm', 0, None, 'must be >= 0 (0 turns clipping off)'),
+      ('skip_threshold', 0, None, 'must be >= 0 (0 never skips)'),
+      ('ema_decay', 0, 1, 'must be in [0, 1) (0 evaluates the parameters themselves)'),
+      ('b1', 0, 1, 'must be in [0, 1)'), ('b2', 0, 1, 'must be in [0, 1)')):
+    value = o.get(field)
+    _check(_is_number(value), field, f'expected a number, got {value!r}')
+    strict = field in ('learning_rate', 'eps')
+    ok = (value > low if strict else value >= low) and (high is None or value < high)
+    if field == 'warmup_steps':
+      ok = ok and isinstance(value, int)
+    _check(ok, field, f'{rule}, got {value!r}')
+  _check(not o.warmup_steps or o.schedule in WARMUP_SCHEDULES, 'warmup_steps',
+         f'{o.warmup_steps} steps of warm-up, but schedule {o.schedule!r} has none (those '
+         f'with a warm-up: {WARMUP_SCHEDULES}); set it to 0 or change the schedule')
+  for field in ('b1', 'b2', 'eps'):
+    _check(field in _READS[o.name] or o[field] == defaults[field], field,
+           f'{o[field]!r} would be ignored: {o.name!r} has no {_MEANING[field]} (leave it at '
+           f'{defaults[field]!r})')
 
 
 def learning_rate_fn(opt_config, num_steps):

@@ -30,7 +30,7 @@ from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from vae_jax import logging as vlog  # pylint: disable=g-import-not-at-top
+from vae_jax import logs as vlog  # pylint: disable=g-import-not-at-top
 from vae_jax import sweep  # pylint: disable=g-import-not-at-top
 from vae_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
 

@@ -51,7 +51,7 @@ from vae_jax import checkpoint
 from vae_jax import config as config_lib
 from vae_jax import data
 from vae_jax import evaluate
-from vae_jax import logging as vlog
+from vae_jax import logs as vlog
 from vae_jax import objectives
 from vae_jax import replicas
 from vae_jax import sharding

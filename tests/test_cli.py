@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from vae_jax import logging as vlog
+from vae_jax import logs as vlog
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--config.model.hidden=(32,)', '--config.model.latent_dim=4',

@@ -26,7 +26,7 @@ import tensorflow_datasets as tfds
 from vae_jax import config as config_lib
 from vae_jax import data
 from vae_jax import disentanglement
-from vae_jax import logging as vlog
+from vae_jax import logs as vlog
 from vae_jax import models
 from vae_jax import objectives
 from vae_jax import train

@@ -69,7 +69,7 @@ from vae_jax import data
 from vae_jax import evaluate
 from vae_jax import evaluate_workdir
 from vae_jax import generate
-from vae_jax import logging as vlog
+from vae_jax import logs as vlog
 from vae_jax import models
 from vae_jax import objectives
 from vae_jax import sampling

@@ -18,7 +18,7 @@ import pytest
 
 from vae_jax import config as config_lib
 from vae_jax import generate
-from vae_jax import logging as vlog
+from vae_jax import logs as vlog
 from vae_jax import objectives
 from vae_jax import replicas
 from vae_jax import sweep

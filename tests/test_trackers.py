@@ -14,7 +14,7 @@ import pytest
 
 from test_train import tiny_config
 from vae_jax import config as config_lib
-from vae_jax import logging as vlog
+from vae_jax import logs as vlog
 from vae_jax import train
 from vae_jax import trackers
 

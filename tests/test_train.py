@@ -11,7 +11,7 @@ from PIL import Image
 
 from vae_jax import checkpoint
 from vae_jax import config as config_lib
-from vae_jax import logging as vlog
+from vae_jax import logs as vlog
 from vae_jax import objectives
 from vae_jax import train
 from vae_jax import workdir as workdir_lib

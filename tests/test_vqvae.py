@@ -311,7 +311,7 @@ def test_stage_one_trains_resumes_bit_exactly_and_logs_code_usage(stage_one, tmp
   _, state_a, _ = restored_state(workdir, config)
   _, state_b, _ = restored_state(interrupted, config)
   assert_trees_equal(state_a, state_b)
-  from vae_jax import logging as vlog  # pylint: disable=g-import-not-at-top
+  from vae_jax import logs as vlog  # pylint: disable=g-import-not-at-top
   record = vlog.read_metrics(workdir, 'train')[-1]
   assert 1 <= record['perplexity'] <= 8 and 0 < record['codes_used'] <= 1
   assert {'commitment', 'restarts'} <= set(record)

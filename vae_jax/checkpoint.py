@@ -33,7 +33,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from vae_jax import logging as vlog
+from vae_jax import logs as vlog
 
 _STATE = 'state'
 _METADATA = 'metadata'

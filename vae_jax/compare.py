@@ -22,7 +22,7 @@ from absl import app
 from absl import flags
 
 from vae_jax import config as config_lib
-from vae_jax import logging as vlog
+from vae_jax import logs as vlog
 from vae_jax import workdir as workdir_lib
 
 _METRIC = flags.DEFINE_string('metric', 'elbo', 'The metric of the table and the curves '

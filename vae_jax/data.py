@@ -30,7 +30,6 @@ import json
 import logging
 import os
 from typing import Optional
-from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +37,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from vae_jax import caches
-from vae_jax import logging as vlog
+from vae_jax import logs as vlog
 
 
 def _not_opencv_advice(record) -> bool:
@@ -466,14 +465,11 @@ def _write_cached_split(builder, name, split, images, labels) -> None:
           'labels_sha256': None if labels is None else _sha256(labels)}
   try:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f'{path}.{os.getpid()}.tmp'
-    with open(tmp, 'wb') as f:
+    # Processes of one host may race: each writes a file of its own, then renames it.
+    with vlog.atomic_file(path, 'wb') as f:
       np.savez(f, images=images, **({} if labels is None else {'labels': labels}))
-    os.replace(tmp, path)
-    meta_path = _meta_path(path)
-    with open(f'{meta_path}.{os.getpid()}.tmp', 'w', encoding='utf-8') as f:
+    with vlog.atomic_file(_meta_path(path)) as f:
       json.dump(meta, f)
-    os.replace(f'{meta_path}.{os.getpid()}.tmp', meta_path)  # Processes of one host may race.
   except OSError as e:
     logging.warning('Cannot cache the decoded %s split %r in %s (%s); the next start reads '
                     'the dataset again (data.cache=False stops trying).', name, split,
@@ -558,10 +554,11 @@ def _read_split(source, label_keys: tuple) -> tuple:
 def _read_records(source, keys: range) -> list:
   # One `__getitems__` call reads a whole chunk: 2.5x faster than record by record.
   # tfds.testing.mock_data (TFDS 4.9.10) installs its `__getitems__` without
-  # binding `self`, so under that mock only per-record reads work.
-  if isinstance(getattr(source, 'data_source', None), mock.Mock):
+  # binding `self` (a call raises TypeError), so there records are read one by one.
+  try:
+    return source.__getitems__(list(keys))
+  except TypeError:
     return [source[k] for k in keys]
-  return source.__getitems__(list(keys))
 
 
 @functools.lru_cache(maxsize=4)

@@ -27,7 +27,7 @@ from vae_jax import checkpoint
 from vae_jax import data
 from vae_jax import evaluate
 from vae_jax import generate
-from vae_jax import logging as vlog
+from vae_jax import logs as vlog
 from vae_jax import train
 from vae_jax import workdir as workdir_lib
 

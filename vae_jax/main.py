@@ -36,7 +36,7 @@ from vae_jax import caches
 from vae_jax import checkpoint
 from vae_jax import config as config_lib
 from vae_jax import data
-from vae_jax import logging as vlog
+from vae_jax import logs as vlog
 from vae_jax import sharding
 from vae_jax import trackers
 from vae_jax import train
@@ -143,7 +143,7 @@ def _parse_flags(argv):
   except flags.Error as e:
     message = _config_file_error(e)
     if message is None:
-      message = str(e).splitlines()[0]
+      message = vlog.first_line(e)
     elif not any(arg in message for arg in (a.partition(':')[0].split('=')[-1]
                                             for a in argv[1:] if a.startswith('--config='))):
       message = f'--config: {message}'

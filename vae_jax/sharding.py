@@ -24,7 +24,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from vae_jax import logging as vlog
+from vae_jax import logs as vlog
 
 DATA_AXIS = 'data'
 MODES = ('auto', 'on', 'off')

@@ -158,7 +158,7 @@ def read_status(sweep_dir) -> dict:
 
 
 def write_status(sweep_dir, status):
-  from vae_jax import logging as vlog  # pylint: disable=g-import-not-at-top
+  from vae_jax import logs as vlog  # pylint: disable=g-import-not-at-top
   vlog.write_json(os.path.join(sweep_dir, 'status.json'), status)
 
 
@@ -211,7 +211,7 @@ def _read_final(workdir):
 
 
 def _row(workdir, row, final):
-  from vae_jax import logging as vlog  # pylint: disable=g-import-not-at-top
+  from vae_jax import logs as vlog  # pylint: disable=g-import-not-at-top
   from vae_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   row = dict(row)
   row.update({f'final_{k}': v for k, v in final.items() if not isinstance(v, (list, dict))})

@@ -62,7 +62,7 @@ def _read_ids(workdir):
 
 
 def _write_ids(workdir, ids):
-  from vae_jax import logging as vlog  # pylint: disable=g-import-not-at-top
+  from vae_jax import logs as vlog  # pylint: disable=g-import-not-at-top
   vlog.write_json(os.path.join(workdir, IDS_FILE), ids)
 
 
@@ -201,6 +201,6 @@ class Trackers:
 
 
 def _brief(error):
-  from vae_jax import logging as vlog  # pylint: disable=g-import-not-at-top
+  from vae_jax import logs as vlog  # pylint: disable=g-import-not-at-top
   return vlog.brief(error)[:300]
 

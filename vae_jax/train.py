@@ -25,7 +25,7 @@ from vae_jax import config as config_lib
 from vae_jax import data
 from vae_jax import disentanglement
 from vae_jax import evaluate
-from vae_jax import logging as vlog
+from vae_jax import logs as vlog
 from vae_jax import models
 from vae_jax import objectives
 from vae_jax import optim

@@ -21,7 +21,7 @@ import ml_collections
 
 from vae_jax import checkpoint
 from vae_jax import config as config_lib
-from vae_jax import logging as vlog
+from vae_jax import logs as vlog
 
 CONFIG_FILE = 'config.json'
 LOCK_FILE = 'run.lock'

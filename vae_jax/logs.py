@@ -5,6 +5,7 @@ written with tensorboardX, which needs no TensorFlow; W&B and MLflow, when
 `logging.trackers` names them, through vae_jax.trackers.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -141,30 +142,47 @@ def enlarge(grid, scale=PNG_SCALE):
   return np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
 
 
+@contextlib.contextmanager
+def atomic_file(path, mode='w'):
+  """A file object whose contents appear at `path` only when the block ends without an
+  error (a temporary file of this process, then a rename): a crash, or another process
+  writing the same path, never leaves half a file."""
+  tmp = f'{path}.{os.getpid()}.tmp'
+  try:
+    with open(tmp, mode, **({} if 'b' in mode else {'encoding': 'utf-8'})) as f:
+      yield f
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
 def save_png(path, grid, scale=PNG_SCALE):
   """Writes a uint8 grid as PNG, enlarged `scale` times (nearest) for viewing."""
   grid = enlarge(grid, scale)
   image = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
-  tmp = path + '.tmp'
-  image.save(tmp, format='PNG')
-  os.replace(tmp, path)
+  with atomic_file(path, 'wb') as f:
+    image.save(f, format='PNG')
 
 
 def write_json(path, obj):
-  """Writes JSON atomically (temp file + rename): a crash never leaves half a file."""
-  tmp = path + '.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
+  """Writes JSON atomically (`atomic_file`)."""
+  with atomic_file(path) as f:
     json.dump(obj, f, indent=2, sort_keys=True, default=list)
     f.write('\n')
-  os.replace(tmp, path)
+
+
+def first_line(error: BaseException) -> str:
+  """The first line of an error's message (TensorStore, TFDS and absl errors append
+  pages after it); '' when it has none."""
+  lines = str(error).strip().splitlines()
+  return lines[0] if lines else ''
 
 
 def brief(error: BaseException) -> str:
-  """'Type: first line of the message': the reason without a traceback wall (TensorStore
-  and TFDS errors append pages after their first line)."""
-  lines = str(error).strip().splitlines()
+  """'Type: first line of the message': the reason without a traceback wall."""
   name = type(error).__name__
-  return f'{name}: {lines[0]}' if lines else name
+  return f'{name}: {first_line(error)}' if first_line(error) else name
 
 
 def format_duration(seconds):

@@ -62,6 +62,12 @@ LONG = (
     'test_families.py::test_family_trains_resumes_evaluates_and_samples',
     'test_read_only_tools.py::test_generate_cli_bad_flag_is_one_line_and_writes_nothing',  # 2x5 s
     'test_config.py::test_cli_bad_config_file_or_flag_is_one_line[args4',  # 4 s
+    # The shipped configs at full size, one step each (the default run keeps the small ones).
+    'test_config.py::test_every_config_file_builds_and_takes_a_step[cifar10_hierarchy]',  # 381 s
+    'test_config.py::test_every_config_file_builds_and_takes_a_step[ladder]',  # 51 s
+    'test_config.py::test_every_config_file_builds_and_takes_a_step[vqvae]',  # 17 s
+    'test_config.py::test_every_config_file_builds_and_takes_a_step[disentanglement]',  # 16 s
+    'test_config.py::test_every_config_file_builds_and_takes_a_step[vampprior]',  # 14 s
     # Every other check that took 4 s or more in the default run (mostly compiling
     # a model of its own), moved here to keep that run within a few minutes.
     'test_checkpoint.py::test_round_trip_is_bit_identical[True]',  # 5 s

@@ -258,9 +258,11 @@ def test_make_loss_fn_iwae_is_the_iwae_bound():
 
 
 @pytest.mark.parametrize('objective,overrides,match', [
-    ('iwae', {'beta': 0.5}, 'apply to .elbo. only'),
-    ('iwae', {'warmup_steps': 10}, 'apply to .elbo. only'),
-    ('iwae', {'free_bits': 0.1}, 'apply to .elbo. only'),
+    ('iwae', {'beta': 0.5}, "objective.beta: 'iwae' has no beta"),
+    ('iwae', {'warmup_steps': 10}, "objective.kl_warmup_steps: 'iwae' has no kl_warmup_steps"),
+    ('iwae', {'free_bits': 0.1}, "objective.free_bits: 'iwae' has no free_bits"),
+    ('beta_tcvae', {'num_samples': 3}, "objective.num_samples: 'beta_tcvae' uses one sample"),
+    ('vq_vae', {'beta': 2.0}, "objective.beta: 'vq_vae' has no beta"),
     ('elbo', {'num_samples': 5}, 'one sample per datapoint'),
     ('vampprior', {}, 'unknown objective')])
 def test_make_loss_fn_rejects_settings_it_would_ignore(objective, overrides, match):

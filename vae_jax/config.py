@@ -357,14 +357,6 @@ def _positive(config, field, kind=int, allow_zero=False):
          f'must be {">= 0" if allow_zero else "> 0"}, got {value!r}')
 
 
-def _check_neutral(config, fields, why):
-  """Each (field, neutral) of `fields` must hold its neutral value: a field the objective
-  has no use for is refused rather than ignored. `why` names it through '{name}'."""
-  for field, neutral in fields:
-    _check(_get(config, field) == neutral, field,
-           f"{why.format(name=field.split('.')[1])}; it must stay {neutral}")
-
-
 def _get(config, field):
   value = config
   for part in field.split('.'):
@@ -427,19 +419,12 @@ def validate(config, num_devices=None):
   except models.ModelConfigError as e:
     raise ConfigError(str(e)) from None
 
-  _choice(config, 'objective.name', OBJECTIVES)
-  _check(_number(config, 'objective.beta') >= 0, 'objective.beta', 'must be >= 0')
-  _positive(config, 'objective.kl_warmup_steps', allow_zero=True)
-  _check(_number(config, 'objective.free_bits') >= 0, 'objective.free_bits', 'must be >= 0')
-  _positive(config, 'objective.num_samples')
+  try:
+    objectives.validate_config(config.objective, default_config().objective)
+  except objectives.ObjectiveConfigError as e:
+    raise ConfigError(str(e)) from None
   _validate_disentangling(config)
   _validate_vq(config)
-  if config.objective.name == 'elbo':
-    _check(config.objective.num_samples == 1, 'objective.num_samples',
-           "the 'elbo' objective uses one sample per datapoint; use objective.name='iwae' for k > 1")
-  elif config.objective.name == 'iwae':
-    _check_neutral(config, (('objective.beta', 1.0), ('objective.kl_warmup_steps', 0),
-                            ('objective.free_bits', 0.0)), "the 'iwae' bound has no {name}")
 
   try:
     optim.validate_config(config.optimizer, default_config().optimizer)
@@ -483,21 +468,6 @@ def validate(config, num_devices=None):
            'is global, split over every device of every process')
 
 
-# The objective fields that only some objectives read: set with any other, they
-# would be silently ignored, so they are refused.
-_OBJECTIVE_FIELDS = {
-    'tc_weight': ('beta_tcvae', 'factor_vae'),
-    'tc_estimator': ('beta_tcvae',),
-    'dip_lambda_od': ('dip_vae_i', 'dip_vae_ii'),
-    'dip_lambda_d': ('dip_vae_i', 'dip_vae_ii'),
-    'discriminator_hidden': ('factor_vae',),
-    'discriminator_learning_rate': ('factor_vae',),
-    'discriminator_b1': ('factor_vae',),
-    'discriminator_b2': ('factor_vae',),
-    'commitment': ('vq_vae',),
-}
-
-
 # The fields a VQ-VAE's second stage (objective code_prior) shares with the VQ-VAE it
 # learns a prior for: its data and its networks' shapes.
 VQ_STAGE_ONE_FIELDS = ('data.name', 'data.data_dir', 'data.binarization', 'data.train_split',
@@ -515,7 +485,6 @@ def _validate_vq(config):
          f"with 'code_prior', not {o.name!r}")
   _check(vq_model or not vq_objective, 'model.posterior',
          f"{o.name!r} trains a VQ-VAE: it needs model.posterior='vq'")
-  _check(_number(config, 'objective.commitment') >= 0, 'objective.commitment', 'must be >= 0')
   _check(isinstance(_get(config, 'model.prior_workdir'), str), 'model.prior_workdir',
          f'expected a path, got {m.prior_workdir!r}')
   _check(bool(m.prior_workdir) == (o.name == 'code_prior'), 'model.prior_workdir',
@@ -527,10 +496,6 @@ def _validate_vq(config):
   _check(m.prior == wanted, 'model.prior',
          f"{o.name!r} needs model.prior={wanted!r} (the VQ-VAE trains under the uniform prior; "
          'its prior is learned afterwards)')
-  _check_neutral(config, (('objective.beta', 1.0), ('objective.kl_warmup_steps', 0),
-                          ('objective.free_bits', 0.0), ('objective.num_samples', 1)),
-                 f'{o.name!r} has no {{name}}: a one-hot q has a constant KL under the uniform '
-                 'prior')
   _check(config.eval.num_importance_samples == 0, 'eval.num_importance_samples',
          "a VQ-VAE's q is one-hot, so every importance sample is the same code grid and the "
          'estimate would only repeat the bound (its ELBO); it must stay 0')
@@ -538,30 +503,9 @@ def _validate_vq(config):
 
 def _validate_disentangling(config):
   o, m = config.objective, config.model
-  defaults = {name: default for name, default, _ in FIELDS}
-  for field, users in _OBJECTIVE_FIELDS.items():
-    value = _get(config, f'objective.{field}')
-    if o.name not in users:
-      _check(value == defaults[f'objective.{field}'] or (
-          isinstance(value, (tuple, list)) and tuple(value) == defaults[f'objective.{field}']),
-             f'objective.{field}', f'applies to {" and ".join(users)} only, not '
-             f'{o.name!r}; leave it at {defaults[f"objective.{field}"]!r}')
-  _choice(config, 'objective.tc_estimator', objectives.TC_ESTIMATORS)
-  for field in ('tc_weight', 'dip_lambda_od', 'dip_lambda_d'):
-    _check(_number(config, f'objective.{field}') >= 0, f'objective.{field}', 'must be >= 0')
-  hidden = tuple(_get(config, 'objective.discriminator_hidden'))
-  _check(len(hidden) > 0 and all(isinstance(w, int) and not isinstance(w, bool) and w > 0
-                                 for w in hidden), 'objective.discriminator_hidden',
-         f'needs one or more positive widths, got {hidden!r}')
-  _check(_number(config, 'objective.discriminator_learning_rate') > 0,
-         'objective.discriminator_learning_rate', 'must be > 0')
-  for field in ('objective.discriminator_b1', 'objective.discriminator_b2'):
-    _check(0 <= _number(config, field) < 1, field, 'must be in [0, 1)')
   if o.name not in objectives.DISENTANGLING:
     return
   name = o.name
-  _check(o.num_samples == 1, 'objective.num_samples', f'{name!r} uses one sample per datapoint')
-  _check(o.free_bits == 0, 'objective.free_bits', f'{name!r} has no free bits; it must stay 0.0')
   _check(config.train.batch_size >= 2, 'train.batch_size',
          f'{name!r} estimates statistics of q(z) from the batch: it needs 2 or more')
   for field, ok in (('model.posterior', m.posterior == 'gaussian'),

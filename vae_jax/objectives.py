@@ -42,6 +42,89 @@ VQ = ('vq_vae', 'code_prior')
 OBJECTIVES = ('elbo', 'iwae') + DISENTANGLING + VQ
 TC_ESTIMATORS = ('mws', 'mss')
 DISCRIMINATOR = 'discriminator'  # FactorVAE's top-level key in the parameter tree.
+
+# The fields of `config.objective` an objective has no use for, with the value each
+# must keep: set away from it, it would be silently ignored, so it is refused.
+_ONE_SAMPLE = "uses one sample per datapoint; use objective.name='iwae' for k > 1"
+_NO_KL_WEIGHT = 'has no {field}: a one-hot q has a constant KL under the uniform prior'
+UNUSED = {
+    'elbo': {'num_samples': (1, _ONE_SAMPLE)},
+    'iwae': {field: (neutral, 'has no {field}: the bound weighs no KL term')
+             for field, neutral in (('beta', 1.0), ('kl_warmup_steps', 0), ('free_bits', 0.0))},
+    **{name: {'num_samples': (1, 'uses one sample per datapoint'),
+              'free_bits': (0.0, 'has no free bits')} for name in DISENTANGLING},
+    **{name: {field: (neutral, _NO_KL_WEIGHT) for field, neutral in (
+        ('beta', 1.0), ('kl_warmup_steps', 0), ('free_bits', 0.0), ('num_samples', 1))}
+       for name in VQ},
+}
+# The fields only some objectives read, and which.
+USERS = {
+    'tc_weight': ('beta_tcvae', 'factor_vae'),
+    'tc_estimator': ('beta_tcvae',),
+    'dip_lambda_od': ('dip_vae_i', 'dip_vae_ii'),
+    'dip_lambda_d': ('dip_vae_i', 'dip_vae_ii'),
+    'discriminator_hidden': ('factor_vae',),
+    'discriminator_learning_rate': ('factor_vae',),
+    'discriminator_b1': ('factor_vae',),
+    'discriminator_b2': ('factor_vae',),
+    'commitment': ('vq_vae',),
+}
+
+
+class ObjectiveConfigError(ValueError):
+  """An objective field that cannot work or would be ignored; the message names it."""
+
+
+def _check(ok, field, message):
+  if not ok:
+    raise ObjectiveConfigError(f'config.objective.{field}: {message}')
+
+
+def _is_number(value):
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_unused(name, values):
+  """Refuses a field `name` has no use for (UNUSED) that `values` (a mapping from field
+  names, e.g. config.objective) sets away from its neutral value."""
+  for field, (neutral, why) in UNUSED.get(name, {}).items():
+    _check(values[field] == neutral, field,
+           f'{name!r} {why.format(field=field)}; it must stay {neutral!r}, got {values[field]!r}')
+
+
+def validate_config(objective_config, defaults):
+  """Refuses, naming the field, an objective field that cannot work, one the objective has
+  no use for set away from its neutral value, or one that only other objectives read set
+  away from its value in `defaults` (config.default_config().objective)."""
+  o = objective_config
+  _check(o.get('name') in OBJECTIVES, 'name', f'{o.get("name")!r} is not one of {OBJECTIVES}')
+  for field, low, strict in (('beta', 0, False), ('free_bits', 0, False),
+                             ('tc_weight', 0, False), ('dip_lambda_od', 0, False),
+                             ('dip_lambda_d', 0, False), ('commitment', 0, False),
+                             ('discriminator_learning_rate', 0, True)):
+    value = o.get(field)
+    _check(_is_number(value) and math.isfinite(value) and (value > low if strict else
+                                                           value >= low),
+           field, f'must be {">" if strict else ">="} {low}, got {value!r}')
+  for field, low in (('kl_warmup_steps', 0), ('num_samples', 1)):
+    value = o.get(field)
+    _check(isinstance(value, int) and not isinstance(value, bool) and value >= low, field,
+           f'must be an int >= {low}, got {value!r}')
+  for field in ('discriminator_b1', 'discriminator_b2'):
+    value = o.get(field)
+    _check(_is_number(value) and 0 <= value < 1, field, f'must be in [0, 1), got {value!r}')
+  hidden = tuple(o.get('discriminator_hidden') or ())
+  _check(len(hidden) > 0 and all(isinstance(w, int) and not isinstance(w, bool) and w > 0
+                                 for w in hidden), 'discriminator_hidden',
+         f'needs one or more positive widths, got {hidden!r}')
+  _check(o.get('tc_estimator') in TC_ESTIMATORS, 'tc_estimator',
+         f'{o.get("tc_estimator")!r} is not one of {TC_ESTIMATORS}')
+  check_unused(o.name, o)
+  for field, users in USERS.items():
+    value, default = o[field], defaults[field]
+    same = value == default or (isinstance(value, (tuple, list)) and tuple(value) == default)
+    _check(o.name in users or same, field, f'applies to {" and ".join(users)} only, not '
+           f'{o.name!r}; leave it at {default!r}')
 _DISCRIMINATOR_INIT_STREAM = 0xD15C  # fold_in tag of its init key (the VAE's is untouched).
 
 
@@ -452,11 +535,11 @@ def make_loss_fn(model, objective, *, beta, warmup_steps, free_bits, num_samples
   (VQ) have no KL weight: a one-hot q has a constant KL under the uniform prior,
   and the second stage trains the prior alone.
   """
+  if objective not in OBJECTIVES:
+    raise ValueError(f'unknown objective {objective!r}; expected one of {OBJECTIVES}')
+  check_unused(objective, {'beta': beta, 'kl_warmup_steps': warmup_steps,
+                           'free_bits': free_bits, 'num_samples': num_samples})
   if objective in VQ:
-    if (beta, warmup_steps, free_bits, num_samples) != (1.0, 0, 0.0, 1):
-      raise ValueError(f'objective.beta, kl_warmup_steps, free_bits and num_samples: '
-                       f'{objective!r} has none of them; they must stay 1, 0, 0, 1 (got '
-                       f'{beta}, {warmup_steps}, {free_bits}, {num_samples})')
     kind = (functools.partial(vq_vae, commitment=commitment) if objective == 'vq_vae'
             else code_prior)
 
@@ -466,9 +549,6 @@ def make_loss_fn(model, objective, *, beta, warmup_steps, free_bits, num_samples
 
     return vq_loss
   if objective in DISENTANGLING:
-    if num_samples != 1 or free_bits != 0.0:
-      raise ValueError(f'objective.num_samples and objective.free_bits: {objective!r} uses one '
-                       f'sample and no free bits (got {num_samples}, {free_bits})')
     if objective == 'beta_tcvae':
       if tc_estimator not in TC_ESTIMATORS:
         raise ValueError(f'objective.tc_estimator: {tc_estimator!r} is not one of '
@@ -489,10 +569,6 @@ def make_loss_fn(model, objective, *, beta, warmup_steps, free_bits, num_samples
 
     return disentangling_loss
   if objective == 'elbo':
-    if num_samples != 1:
-      raise ValueError(f"objective.num_samples={num_samples}: the 'elbo' objective uses one "
-                       "sample per datapoint; use objective.name='iwae' for k samples")
-
     def elbo_loss(params, x, key, step, labels=None):
       weight = kl_weight(step, beta, warmup_steps)
       loss, metrics = elbo(model, params, x, key, kl_weight=weight, free_bits=free_bits,
@@ -500,15 +576,8 @@ def make_loss_fn(model, objective, *, beta, warmup_steps, free_bits, num_samples
       return loss, dict(metrics, kl_weight=weight)
 
     return elbo_loss
-  if objective == 'iwae':
-    if beta != 1.0 or warmup_steps != 0 or free_bits != 0.0:
-      raise ValueError(
-          "objective.beta, objective.kl_warmup_steps and objective.free_bits apply to "
-          f"'elbo' only; 'iwae' needs 1, 0, 0 (got {beta}, {warmup_steps}, {free_bits})")
+  def iwae_loss(params, x, key, step, labels=None):
+    del step  # The IWAE bound has no schedule.
+    return iwae_bound(model, params, x, key, num_samples=num_samples, labels=labels)
 
-    def iwae_loss(params, x, key, step, labels=None):
-      del step  # The IWAE bound has no schedule.
-      return iwae_bound(model, params, x, key, num_samples=num_samples, labels=labels)
-
-    return iwae_loss
-  raise ValueError(f'unknown objective {objective!r}; expected one of {OBJECTIVES}')
+  return iwae_loss

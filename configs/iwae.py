@@ -42,7 +42,6 @@ from vae_jax import config as config_lib
 PAPER_EPOCHS = sum(3 ** i for i in range(8))  # 3,280
 _DEFAULTS = {'objective': 'iwae', 'k': 5, 'layers': 1, 'schedule': 'budget', 'epochs': 400.0,
              'warmup': 0.0}
-STEPS_PER_EPOCH = 50_000 // 20  # the 50,000 training images at batch 20
 
 
 def get_config(arg=None):
@@ -69,7 +68,7 @@ def get_config(arg=None):
   c.optimizer.b1, c.optimizer.b2, c.optimizer.eps = 0.9, 0.999, 1e-4
   c.optimizer.schedule = 'burda' if options['schedule'] == 'paper' else 'burda_equal'
   c.train.batch_size = 20
-  c.objective.kl_warmup_steps = int(options['warmup'] * STEPS_PER_EPOCH)
+  c.objective.kl_warmup_steps = config_lib.steps(c, epochs=options['warmup'])
   c.train.num_epochs = float(PAPER_EPOCHS) if options['schedule'] == 'paper' else options['epochs']
   # 2,500 steps per epoch of tiny matmuls: many steps per call keep dispatch cheap.
   c.train.steps_per_call = 250

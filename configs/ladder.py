@@ -53,11 +53,12 @@ def get_config(arg=None):
                                      choices={'merge': ('precision', 'residual'),
                                               'schedule': ('constant', 'cosine'),
                                               'likelihood': ('bernoulli', 'local_bernoulli')})
-  steps_per_epoch = 50_000 // options['batch']
   c = config_lib.default_config()
   c.data.name = 'binarized_mnist'
   c.data.binarization = 'static'
   c.data.train_split = 'train'
+  c.train.batch_size = options['batch']
+  steps_per_epoch = config_lib.steps_per_epoch(c)
   c.data.eval_split = 'validation'
   c.data.download = False
   c.model.hierarchy = 'top_down'
@@ -73,7 +74,7 @@ def get_config(arg=None):
     c.objective.name = 'iwae'
     c.objective.num_samples = options['k']
   else:
-    c.objective.kl_warmup_steps = int(options['warmup'] * steps_per_epoch)
+    c.objective.kl_warmup_steps = config_lib.steps(c, epochs=options['warmup'])
   c.objective.free_bits = options['free_bits']  # With k > 1, validate() names it.
   c.optimizer.name = 'adam'
   c.optimizer.learning_rate = options['lr']
@@ -81,7 +82,6 @@ def get_config(arg=None):
   c.optimizer.grad_clip_norm = 200.0
   c.optimizer.skip_threshold = options['skip']
   c.optimizer.ema_decay = options['ema']
-  c.train.batch_size = options['batch']
   c.train.num_epochs = options['epochs']
   c.train.steps_per_call = 50
   c.train.log_every_steps = 2500

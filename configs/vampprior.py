@@ -28,7 +28,6 @@ from vae_jax import config as config_lib
 
 _DEFAULTS = {'prior': 'vamp', 'components': 500, 'posterior': 'gaussian', 'epochs': 40.0,
              'warmup': 10.0}
-STEPS_PER_EPOCH = 50_000 // 100
 
 
 def get_config(arg=None):
@@ -48,9 +47,9 @@ def get_config(arg=None):
   c.model.iaf_steps = 2
   c.model.iaf_hidden = (320, 320)
   c.model.iaf_context_dim = 100
-  c.objective.kl_warmup_steps = int(options['warmup'] * STEPS_PER_EPOCH)
   c.optimizer.learning_rate = 5e-4
   c.train.batch_size = 100
+  c.objective.kl_warmup_steps = config_lib.steps(c, epochs=options['warmup'])
   c.train.num_epochs = options['epochs']
   c.train.steps_per_call = 50
   c.train.log_every_steps = 2500

@@ -267,3 +267,17 @@ def test_every_config_file_builds_and_takes_a_step(name, tmp_path):
   step, metrics = _one_step(load_config_file(name), str(tmp_path / 'tfds'))
   assert step == 1 and metrics['finite'] == 1.0, metrics
   assert np.isfinite(metrics['loss']), metrics
+
+
+def test_durations_in_epochs_come_from_the_split_sizes():
+  from vae_jax import data  # pylint: disable=g-import-not-at-top
+  c = config_lib.default_config()
+  c.data.name, c.data.train_split, c.train.batch_size = 'embedded_mnist', 'train', 100
+  # The table's size is the split's when read.
+  assert data.load(c.data).num_train == data.SPLIT_SIZES['embedded_mnist']['train'] == 4500
+  assert config_lib.steps_per_epoch(c) == 45 and config_lib.steps(c, epochs=2.5) == 112
+  c.data.name, c.train.batch_size = 'binarized_mnist', 20
+  assert config_lib.steps(c, epochs=10) == 25_000
+  c.data.train_split = 'train[:80%]'
+  with pytest.raises(config_lib.ConfigError, match='config.data.train_split: the size of'):
+    config_lib.steps(c, epochs=1)

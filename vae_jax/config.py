@@ -521,6 +521,24 @@ def _validate_disentangling(config):
            'class_conditional_prior')
 
 
+def steps_per_epoch(config) -> int:
+  """Whole train steps per pass over config.data.train_split at config.train.batch_size
+  (train.num_epochs counts epochs in these), known before any data is read."""
+  sizes = data.SPLIT_SIZES.get(config.data.name, {})
+  if config.data.train_split not in sizes:
+    raise ConfigError(f'config.data.train_split: the size of {config.data.name}\'s '
+                      f'{config.data.train_split!r} split is not known before it is read; '
+                      'give durations in steps')
+  return sizes[config.data.train_split] // config.train.batch_size
+
+
+def steps(config, *, epochs) -> int:
+  """A duration of `epochs` epochs in train steps, rounded down: the one conversion a config
+  uses for the fields counted in steps (kl_warmup_steps, the intervals), so none hard-codes
+  a dataset's size. Set data.name, data.train_split and train.batch_size first."""
+  return int(epochs * steps_per_epoch(config))
+
+
 def to_json(config) -> str:
   """The resolved config as stable, human-readable JSON."""
   return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)

@@ -61,6 +61,16 @@ IMAGE_SHAPES = {'embedded_mnist': (28, 28, 1), 'binarized_mnist': (28, 28, 1),
                 'mnist': (28, 28, 1), 'fashion_mnist': (28, 28, 1), 'cifar10': (32, 32, 3),
                 'rendered_shapes': (32, 32, 1), 'dsprites': (64, 64, 1), 'shapes3d': (64, 64, 3)}
 
+# The sizes of the splits of the datasets whose sizes are fixed, for configs that give
+# durations in epochs (config.steps) before any data is read.
+SPLIT_SIZES = {
+    'embedded_mnist': {'train': 4_500, 'test': 500},
+    'binarized_mnist': {'train': 50_000, 'validation': 10_000, 'test': 10_000},
+    'mnist': {'train': 60_000, 'test': 10_000},
+    'fashion_mnist': {'train': 60_000, 'test': 10_000},
+    'cifar10': {'train': 50_000, 'test': 10_000},
+}
+
 # The ground-truth factors of the datasets that have them: (name, number of
 # values) each, in the order of the columns of Dataset.train_factors. For the
 # TFDS datasets the name is the feature's, without its 'label_' prefix.

@@ -107,3 +107,22 @@ def test_generate_cli_bad_flag_is_one_line_and_writes_nothing(tmp_path, flag, ma
   assert result.returncode == 1
   assert result.stderr.strip() == match
   assert sorted(os.listdir(workdir)) == [workdir_lib.CONFIG_FILE]
+
+
+def test_reading_a_workdir_leaves_its_checkpoints_untouched(tmp_path):
+  """Leftovers of a save that crashed are the training run's to clean, not a reader's."""
+  from vae_jax import train  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(tiny_config(logging__tensorboard=False, train__num_steps=20), workdir)
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  leftover = os.path.join(checkpoints, '30.orbax-checkpoint-tmp-1234')
+  os.makedirs(os.path.join(leftover, 'state'))
+
+  def listing():
+    return sorted((root, tuple(sorted(files)), os.path.getmtime(root))
+                  for root, _, files in os.walk(checkpoints))
+  before = listing()
+  _, _, step = generate.load_trained(workdir)
+  evaluate_workdir.evaluate_workdir(workdir, 'test', num_samples=2, num_images=10,
+                                    progress=False, output=str(tmp_path / 'out.json'))
+  assert step == 20 and listing() == before and os.path.isdir(leftover)

@@ -159,11 +159,12 @@ class Checkpointer:
 
   def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 3,
                async_save: bool = True, identity: RunIdentity | None = None,
-               verify: bool = True):
+               verify: bool = True, read_only: bool = False):
     """Opens (creating) `directory`, made absolute as orbax requires.
 
     Leftovers of unfinished saves are removed in the background, before the
-    first save. With an `identity`, every step saved records it and every step
+    first save. `read_only` (the tools that only read): nothing in `directory` is
+    created, cleaned, saved or deleted. With an `identity`, every step saved records it and every step
     restored is compared with it. `verify=False` neither writes nor checks the
     arrays' checksums (the benchmark's baseline). Raises CheckpointError if a
     step directory is a symlink leading outside `directory`, and ValueError if
@@ -173,6 +174,7 @@ class Checkpointer:
       raise ValueError(f'max_to_keep must be >= 1, got {max_to_keep}.')
     self._identity = identity
     self._verify = verify
+    self._read_only = read_only
     if _is_local(epath.Path(directory)):
       directory = os.path.abspath(directory)
     self._dir = epath.Path(directory)
@@ -181,8 +183,9 @@ class Checkpointer:
     self._check_step_links()
     options = ocp.CheckpointManagerOptions(
         preservation_policy=_KeepNewestSteps(max_to_keep),
-        cleanup_tmp_directories=True,  # Leftovers of a crash mid-save.
-        enable_async_checkpointing=async_save,
+        cleanup_tmp_directories=not read_only,  # Leftovers of a crash mid-save.
+        read_only=read_only, create=not read_only,
+        enable_async_checkpointing=async_save and not read_only,
         # An unwritable directory then fails save() at once; created in the
         # background, it left orbax's writer threads waiting 300 s for it, so
         # the process hung that long after reporting the error.
@@ -226,6 +229,8 @@ class Checkpointer:
     Raises:
       CheckpointError: if this save, or the previous async one, failed.
     """
+    if self._read_only:
+      raise CheckpointError(f'{self._dir} was opened read-only: nothing is saved there.')
     step = int(step)
     self.wait_until_finished()
     # Decided here rather than by orbax, whose notion of "latest" is the last
@@ -429,6 +434,8 @@ class Checkpointer:
 
   def set_aside(self, step: int) -> epath.Path:
     """Moves a step under corrupted/ so that it is neither listed nor lost."""
+    if self._read_only:
+      raise CheckpointError(f'{self._dir} was opened read-only: step {step} stays where it is.')
     stamp = datetime.datetime.now().strftime('%Y%m%dT%H%M%S.%f')
     dest = self._dir / _CORRUPTED / f'{step}_{stamp}'
     try:

@@ -89,7 +89,8 @@ def load_trained(workdir, step=None, stages=None):
   identity = workdir_lib.run_identity(config, hint=(
       f'{os.path.join(workdir, workdir_lib.CONFIG_FILE)} is not the config it was trained '
       'with: evaluate it in the workdir it came from.'))
-  ckpt = checkpoint.Checkpointer(checkpoints, async_save=False, identity=identity)
+  ckpt = checkpoint.Checkpointer(checkpoints, async_save=False, identity=identity,
+                                 read_only=True)
   try:
     restored_step, state, _ = _restore_for_reading(ckpt, target, step)
   finally:

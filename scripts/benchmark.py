@@ -51,6 +51,7 @@ from vae_jax import checkpoint
 from vae_jax import config as config_lib
 from vae_jax import data
 from vae_jax import evaluate
+from vae_jax import experiment
 from vae_jax import logs as vlog
 from vae_jax import objectives
 from vae_jax import replicas
@@ -471,7 +472,7 @@ def bench_compile(exp, params, eval_images, num_samples):
   """Compile times of the library's train step (AOT) and evaluations (first-call overhead)."""
   c = exp.config
   mesh = sharding.make_mesh()
-  state = sharding.put_replicated(train.init_state(exp), mesh)
+  state = sharding.put_replicated(experiment.init_state(exp), mesh)
   images = sharding.put_replicated(exp.dataset.train, mesh)
   indices = sharding.put_batch(
       data.batch_indices_for_steps(c.seed, 0, c.train.steps_per_call, c.train.batch_size,
@@ -653,11 +654,11 @@ def run(config, *, repeats=5, seconds=12.0, ll_num_samples=5000, ll_num_images=2
     results['startup'] = bench_startup(startup_args, config)
 
   start = time.perf_counter()
-  exp = train.build_experiment(config)
+  exp = experiment.build_experiment(config)
   eval_images = data.fixed_eval_images(exp.dataset, config.seed)
   results['data_load_s'] = time.perf_counter() - start
   memory['maxrss_mib_after_data'] = _maxrss_mib()
-  params = train.init_state(exp).params
+  params = experiment.init_state(exp).params
 
   layers = layer_flops(exp.model, params, exp.dataset.image_shape)
   forward = sum(layer['forward_flops_per_image'] for layer in layers)
@@ -695,7 +696,7 @@ def run(config, *, repeats=5, seconds=12.0, ll_num_samples=5000, ll_num_images=2
   ll['fraction_of_peak'] = (ll['images_per_sec'] * ll_num_samples * decoder
                             / (results['matmul']['peak_gflops'] * 1e9))
 
-  results['checkpoint'] = bench_checkpoint(train.init_state(exp), repeats)
+  results['checkpoint'] = bench_checkpoint(experiment.init_state(exp), repeats)
 
   if compare_seeds > 1:
     results['seeds'] = bench_seeds(config, compare_seeds, repeats, seconds)

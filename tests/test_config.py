@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from vae_jax import config as config_lib
+from vae_jax import experiment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -248,12 +249,12 @@ def _one_step(config, data_dir):
   data.clear_cache()
   try:
     with tfds.testing.mock_data(num_examples=40, policy=tfds.testing.MockPolicy.USE_CODE):
-      exp = train.build_experiment(config)
+      exp = experiment.build_experiment(config)
       # On the devices as the loop puts it (the step donates the state's buffers).
-      state = sharding.put_replicated(train.init_state(exp), sharding.make_mesh())
+      state = sharding.put_replicated(experiment.init_state(exp), sharding.make_mesh())
       state, metrics = train.make_train_step(exp)(
           state, jnp.asarray(exp.dataset.train), np.arange(10, dtype=np.int32)[None],
-          exp.keys['train'], train.labels_of(exp, exp.dataset.train_labels))
+          exp.keys['train'], experiment.labels_of(exp, exp.dataset.train_labels))
   finally:
     data.clear_cache()
   return int(state.step), {k: float(v[0]) for k, v in metrics.items()}

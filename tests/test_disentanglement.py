@@ -26,6 +26,7 @@ import tensorflow_datasets as tfds
 from vae_jax import config as config_lib
 from vae_jax import data
 from vae_jax import disentanglement
+from vae_jax import experiment
 from vae_jax import logs as vlog
 from vae_jax import models
 from vae_jax import objectives
@@ -471,7 +472,7 @@ def test_objective_trains_resumes_bit_exactly_and_scores(objective, tmp_path):
   assert np.isfinite(final['elbo'])
   logged = vlog.read_metrics(full, 'train')[-1]  # The objective's own terms, every interval.
   if objective == 'factor_vae':
-    init = train.init_state(train.build_experiment(config)).params[objectives.DISCRIMINATOR]
+    init = experiment.init_state(experiment.build_experiment(config)).params[objectives.DISCRIMINATOR]
     trained = state_a['params'][objectives.DISCRIMINATOR]
     assert not np.array_equal(jax.tree.leaves(init)[0], jax.tree.leaves(trained)[0])
     assert {'tc', 'discriminator_loss', 'discriminator_accuracy'} <= set(logged)

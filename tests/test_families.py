@@ -15,6 +15,7 @@ import pytest
 
 from vae_jax import config as config_lib
 from vae_jax import evaluate_workdir
+from vae_jax import experiment
 from vae_jax import generate
 from vae_jax import train
 
@@ -133,7 +134,7 @@ def test_family_fields_are_validated(overrides, match):
 def test_conditional_samples_one_row_per_class(tmp_path):
   workdir = str(tmp_path / 'run')
   train.train_and_evaluate(family_config('class_prior'), workdir)
-  exp, params, _ = generate.load_trained(workdir)
+  exp, params, _ = experiment.load_trained(workdir)
   labels = np.repeat(np.arange(10), 2)
   from vae_jax import sampling  # pylint: disable=g-import-not-at-top
   images = np.asarray(sampling.prior_samples(exp.model, params, jax.random.key(0), 20, 1.0,

@@ -68,7 +68,7 @@ from vae_jax import config as config_lib
 from vae_jax import data
 from vae_jax import evaluate
 from vae_jax import evaluate_workdir
-from vae_jax import generate
+from vae_jax import experiment
 from vae_jax import logs as vlog
 from vae_jax import models
 from vae_jax import objectives
@@ -631,12 +631,12 @@ def test_12_unwritable_workdir_is_a_clear_error(tmp_path, exists):
 @pytest.mark.parametrize('objective,num_samples', [('elbo', 1), ('iwae', 3)])
 def test_13_train_step_objectives_evaluation_and_sampling_reuse_no_key(objective, num_samples):
   config = tiny_config(objective__name=objective, objective__num_samples=num_samples)
-  exp = train.build_experiment(config)
+  exp = experiment.build_experiment(config)
   indices = data.batch_indices_for_steps(config.seed, 0, 10, config.train.batch_size,
                                          exp.dataset.num_train)
   eval_images = data.fixed_eval_images(exp.dataset, config.seed)[:8]
   with jax.debug_key_reuse(True):
-    state = train.init_state(exp)
+    state = experiment.init_state(exp)
     step_fn = train.make_train_step(exp)
     for first in (0, 5):  # Two calls with the run's one training key.
       state, metrics = step_fn(state, exp.dataset.train, indices[first:first + 5],
@@ -719,10 +719,10 @@ def test_16_a_step_of_another_run_is_refused_by_resume_and_by_the_tools(
   with pytest.raises(checkpoint.CheckpointError, match=expected + '.*allow_config_change'):
     train.train_and_evaluate(tiny_config(train__num_steps=80), str(workdir))
   with pytest.raises(checkpoint.CheckpointError, match=expected + '.*config.json is not'):
-    generate.load_trained(str(workdir))
+    experiment.load_trained(str(workdir))
   assert committed_steps(workdir) == [20, 40, 60]  # Refused, nothing moved or written.
   # Its own steps still serve the tools.
-  assert generate.load_trained(str(workdir), step=40)[2] == 40
+  assert experiment.load_trained(str(workdir), step=40)[2] == 40
 
 
 def test_16_a_step_directory_holding_another_step_is_refused(finished_run, tmp_path):
@@ -744,14 +744,14 @@ def test_16_flipped_bytes_in_the_newest_step_the_tools_skip_it_naming_step(
     f.seek(-1, os.SEEK_CUR)
     f.write(bytes([byte ^ 0x10]))
   with caplog.at_level(logging.WARNING):
-    _, params, step = generate.load_trained(str(workdir))
+    _, params, step = experiment.load_trained(str(workdir))
   assert step == 20
   assert any('Step 40' in r.getMessage() and 'is corrupt' in r.getMessage() and
              'using step 20, the newest readable one (--step' in r.getMessage()
              for r in caplog.records)
   with pytest.raises(checkpoint.CheckpointError,
                      match=r'Step 40 .* is corrupt.*newest readable step is 20: pass --step=20'):
-    generate.load_trained(str(workdir), step=40)
+    experiment.load_trained(str(workdir), step=40)
   assert committed_steps(workdir) == [20, 40]  # A tool that reads sets nothing aside.
   # Training sets it aside and redoes it from step 20 (as for any unreadable step).
   train.train_and_evaluate(tiny_config(), str(workdir))

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from vae_jax import evaluate_workdir
+from vae_jax import experiment
 from vae_jax import generate
 from vae_jax import workdir as workdir_lib
 
@@ -93,7 +94,7 @@ def test_a_hand_edited_saved_config_is_one_error_naming_file_and_field(tmp_path)
   saved['model']['latent_dim'] = 'abc'
   workdir_lib.write_json(path, saved)
   with pytest.raises(workdir_lib.WorkdirError, match=r'config\.json: .*model\.latent_dim'):
-    generate.load_trained(workdir)
+    experiment.load_trained(workdir)
 
 
 @pytest.mark.parametrize('flag,match', [
@@ -122,7 +123,18 @@ def test_reading_a_workdir_leaves_its_checkpoints_untouched(tmp_path):
     return sorted((root, tuple(sorted(files)), os.path.getmtime(root))
                   for root, _, files in os.walk(checkpoints))
   before = listing()
-  _, _, step = generate.load_trained(workdir)
+  _, _, step = experiment.load_trained(workdir)
   evaluate_workdir.evaluate_workdir(workdir, 'test', num_samples=2, num_images=10,
                                     progress=False, output=str(tmp_path / 'out.json'))
   assert step == 20 and listing() == before and os.path.isdir(leftover)
+
+
+@pytest.mark.parametrize('tool,other', [('generate', 'evaluate_workdir'),
+                                        ('evaluate_workdir', 'generate')])
+def test_the_tools_import_neither_the_training_loop_nor_each_other(tool, other):
+  code = (f'import sys; import vae_jax.{tool}; '
+          f'print(sorted(m for m in ("vae_jax.train", "vae_jax.{other}") if m in sys.modules))')
+  result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.strip() == '[]'

@@ -17,7 +17,7 @@ import optax
 import pytest
 
 from vae_jax import config as config_lib
-from vae_jax import generate
+from vae_jax import experiment
 from vae_jax import logs as vlog
 from vae_jax import objectives
 from vae_jax import replicas
@@ -147,8 +147,8 @@ def test_optimizer_counters_follow_the_step_even_over_skipped_steps(name, schedu
                   optimizer__grad_clip_norm=10.0, optimizer__ema_decay=0.9,
                   train__nan_policy='skip')
   poison_loss(monkeypatch, lambda step: step == 0)  # Step 0 is skipped.
-  exp = train.build_experiment(c)
-  state = train.init_state(exp)
+  exp = experiment.build_experiment(c)
+  state = experiment.init_state(exp)
   leaves, shared = jax.tree.leaves(state.opt_state), jax.tree.leaves(exp.shared)
   # Every optimiser here counts steps somewhere, and only its integer scalars are shared.
   assert any(shared)
@@ -189,30 +189,30 @@ def test_an_integer_leaf_that_is_not_a_counter_is_the_replicas_own(monkeypatch):
   """Sharing is found from what an update depends on, not from dtypes: an optax state's
   integer scalar that the gradients set is per replica and kept over a skipped step."""
   config = seeds_config(train__nan_policy='skip', train__max_consecutive_nonfinite=20)
-  exp = _with_argmax(train.build_experiment(config))
+  exp = _with_argmax(experiment.build_experiment(config))
   argmax_shared = jax.tree.leaves(exp.shared)[-1]
   counters = [s for s in jax.tree.leaves(exp.shared)[:-1] if s]
   assert not argmax_shared and counters
   images = jnp.asarray(exp.dataset.train)
   indices = np.stack([np.arange(i * 150, (i + 1) * 150).reshape(3, 50) for i in range(3)])
-  keys = jnp.stack([train.root_keys(seed)['train'] for seed in SEEDS])
-  state = replicas.stack([train.init_state(exp, seed) for seed in SEEDS], exp.shared)
+  keys = jnp.stack([experiment.root_keys(seed)['train'] for seed in SEEDS])
+  state = replicas.stack([experiment.init_state(exp, seed) for seed in SEEDS], exp.shared)
   stacked, _ = train.make_train_step(exp)(state, images, indices, keys)
   where = jax.tree.leaves(stacked.opt_state)[-1]
   assert where.shape == (3,) and len(set(where.tolist())) > 1  # The replicas' own values.
   # Each replica's leaf is what its single run computes; over a skipped step (the
   # third) the leaf keeps the second step's value while the counters move on.
-  singles = [_with_argmax(train.build_experiment(replicas.replica_config(config, seed)))
+  singles = [_with_argmax(experiment.build_experiment(replicas.replica_config(config, seed)))
              for seed in SEEDS]
   for i, (seed, single) in enumerate(zip(SEEDS, singles)):
-    ran, _ = train.make_train_step(single)(train.init_state(single, seed), images, indices[i],
+    ran, _ = train.make_train_step(single)(experiment.init_state(single, seed), images, indices[i],
                                            keys[i])
     assert int(jax.tree.leaves(ran.opt_state)[-1]) == int(where[i])
   poison_loss(monkeypatch, lambda step: step == 2)
   for i, (seed, single) in enumerate(zip(SEEDS, singles)):
     step_fn = train.make_train_step(single)
-    two, _ = step_fn(train.init_state(single, seed), images, indices[i][:2], keys[i])
-    skipped, metrics = step_fn(train.init_state(single, seed), images, indices[i], keys[i])
+    two, _ = step_fn(experiment.init_state(single, seed), images, indices[i][:2], keys[i])
+    skipped, metrics = step_fn(experiment.init_state(single, seed), images, indices[i], keys[i])
     assert metrics['finite'].tolist() == [1.0, 1.0, 0.0]
     leaves, shared = jax.tree.leaves(skipped.opt_state), jax.tree.leaves(single.shared)
     assert int(leaves[-1]) == int(jax.tree.leaves(two.opt_state)[-1])
@@ -220,8 +220,8 @@ def test_an_integer_leaf_that_is_not_a_counter_is_the_replicas_own(monkeypatch):
 
 
 def test_stack_and_unstack_round_trip():
-  exp = train.build_experiment(tiny_config())
-  states = [train.init_state(exp, seed) for seed in SEEDS]
+  exp = experiment.build_experiment(tiny_config())
+  states = [experiment.init_state(exp, seed) for seed in SEEDS]
   stacked = replicas.stack(states, exp.shared)
   for i, state in enumerate(states):
     assert_trees_equal(replicas.unstack(stacked, i, exp.shared).to_dict(), state.to_dict())
@@ -317,7 +317,7 @@ def test_a_workdir_saved_before_a_field_existed_loads_and_resumes(tmp_path):
 def test_tools_take_a_replica_and_point_from_the_run_to_its_replicas(vmapped):
   workdir, _, _ = vmapped
   with pytest.raises(workdir_lib.WorkdirError, match='seed_4'):
-    generate.load_trained(workdir)
+    experiment.load_trained(workdir)
   assert not os.path.exists(os.path.join(workdir, 'checkpoints'))  # Nothing created.
-  _, params, step = generate.load_trained(replicas.replica_workdir(workdir, SEEDS[1]))
+  _, params, step = experiment.load_trained(replicas.replica_workdir(workdir, SEEDS[1]))
   assert step == 40 and jax.tree.leaves(params)[0].ndim >= 1

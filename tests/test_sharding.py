@@ -17,13 +17,14 @@ import sys
 sys.path.insert(0, {tests!r})
 import jax, numpy as np
 from test_train import tiny_config, restored_state
+from vae_jax import experiment
 from vae_jax import train
 workdir, num_steps = sys.argv[1], int(sys.argv[2])
 c = tiny_config(train__num_steps=num_steps)
 c.train.batch_size, c.eval.batch_size = 48, 96
-exp = train.build_experiment(c)
+exp = experiment.build_experiment(c)
 trainer = train.Trainer(c, workdir)
-state = train.init_state(exp)
+state = experiment.init_state(exp)
 indices = np.zeros((5, 48), np.int32)
 from vae_jax import sharding
 hlo = trainer.step_fn.lower(sharding.put_replicated(state, trainer.mesh), trainer.train_images,
@@ -71,8 +72,8 @@ sys.path.insert(0, {tests!r})
 import jax, numpy as np
 from test_train import tiny_config
 from vae_jax import evaluate, sharding, train
-exp = train.build_experiment(tiny_config())
-params = train.init_state(exp).params
+exp = experiment.build_experiment(tiny_config())
+params = experiment.init_state(exp).params
 images = np.asarray(exp.dataset.eval[:21], np.float32) / 255.0  # 21: padding on 8 devices.
 key = exp.keys['eval']
 seen = set()

@@ -11,6 +11,7 @@ from PIL import Image
 
 from vae_jax import checkpoint
 from vae_jax import config as config_lib
+from vae_jax import experiment
 from vae_jax import logs as vlog
 from vae_jax import objectives
 from vae_jax import train
@@ -39,10 +40,10 @@ def tiny_config(**overrides):
 
 
 def restored_state(workdir, config, step=None):
-  exp = train.build_experiment(config)
+  exp = experiment.build_experiment(config)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), async_save=False)
   try:
-    return ckpt.restore(train.init_state(exp).to_dict(), step=step)
+    return ckpt.restore(experiment.init_state(exp).to_dict(), step=step)
   finally:
     ckpt.close()
 

@@ -17,6 +17,7 @@ import pytest
 
 from vae_jax import config as config_lib
 from vae_jax import evaluate_workdir
+from vae_jax import experiment
 from vae_jax import generate
 from vae_jax import models
 from vae_jax import objectives
@@ -324,7 +325,7 @@ def test_stage_two_learns_the_prior_with_the_vq_vae_frozen(stage_one, tmp_path):
   prior_dir = str(tmp_path / 'prior')
   config = prior_config(source)
   metrics = train.train_and_evaluate(config, prior_dir)
-  _, trained = generate.load_trained(source)[:2]
+  _, trained = experiment.load_trained(source)[:2]
   _, state, _ = restored_state(prior_dir, config)
   for name in objectives.FROZEN_IN_STAGE_TWO:
     assert_trees_equal(state['params'][name], trained[name])

@@ -14,7 +14,6 @@ epochs, one colour per run; titles and labels come from the runs. Nothing in
 the workdirs is written.
 """
 
-import glob
 import os
 import sys
 

@@ -26,9 +26,8 @@ from vae_jax import caches
 from vae_jax import checkpoint
 from vae_jax import data
 from vae_jax import evaluate
-from vae_jax import generate
+from vae_jax import experiment
 from vae_jax import logs as vlog
-from vae_jax import train
 from vae_jax import workdir as workdir_lib
 
 
@@ -92,11 +91,11 @@ def evaluate_workdir(workdir, split='test', num_samples=5000, num_images=0, step
       output or output_path(workdir, split, num_samples, num_images),
       '' if output else ' (pass --output=FILE to write elsewhere)')
   with vlog.Stages('evaluate_workdir', 3, enabled=progress) as stages:
-    exp, params, step = generate.load_trained(workdir, step, stages)
+    exp, params, step = experiment.load_trained(workdir, step, stages)
     config, model, key = exp.config, exp.model, exp.keys['eval']
     stages.start(f'reading the {split} split')
     images, labels = split_images(config, exp.dataset, split, model.likelihood.dequantize)
-  labels = train.labels_of(exp, labels)
+  labels = experiment.labels_of(exp, labels)
   if num_images > len(images):
     raise workdir_lib.FlagError(
         f'--num_images: the {split} split has {len(images)} images, got {num_images}')

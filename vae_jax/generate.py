@@ -30,13 +30,11 @@ from absl import logging
 
 from vae_jax import caches
 from vae_jax import checkpoint
-from vae_jax import config as config_lib
 from vae_jax import data
 from vae_jax import evaluate
+from vae_jax import experiment
 from vae_jax import logs as vlog
-from vae_jax import replicas
 from vae_jax import sampling
-from vae_jax import train
 from vae_jax import workdir as workdir_lib
 
 
@@ -56,85 +54,6 @@ def _define_flags():
   flags.DEFINE_integer('seed', 0, 'Seed of the prior samples.')
   flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
   flags.mark_flag_as_required('workdir')
-
-
-def load_trained(workdir, step=None, stages=None):
-  """(experiment, params, step) of a workdir, from its config.json and a checkpoint.
-
-  The params are what the run evaluated: the moving average with optimizer.ema_decay > 0.
-  `stages` (a logging.Stages) is told when the data and the checkpoint are read.
-  """
-  config = workdir_lib.load_config(workdir)
-  try:
-    # One device: the batch divides any count of devices a tool runs on; the
-    # tools do not train, and evaluation batches are their own.
-    config_lib.validate(config, num_devices=1)
-  except config_lib.ConfigError as e:  # A hand-edited config.json.
-    raise workdir_lib.WorkdirError(
-        f'{os.path.join(workdir, workdir_lib.CONFIG_FILE)}: {e}') from e
-  if config.train.num_seeds > 1:
-    seeds = replicas.seeds(config)
-    raise workdir_lib.WorkdirError(
-        f'{workdir} trained {len(seeds)} seeds at once; each is a workdir of its own: '
-        + ', '.join(replicas.replica_workdir(workdir, s) for s in seeds))
-  checkpoints = os.path.join(workdir, 'checkpoints')
-  if not os.path.isdir(checkpoints):  # Checkpointer would create it.
-    raise workdir_lib.WorkdirError(f'{workdir} has no checkpoints/ directory')
-  if stages is not None:
-    stages.start('loading the data')
-  exp = train.build_experiment(config)
-  if stages is not None:
-    stages.start('restoring the checkpoint')
-  target = train.abstract_state(exp, jax.sharding.SingleDeviceSharding(jax.devices()[0])).to_dict()
-  identity = workdir_lib.run_identity(config, hint=(
-      f'{os.path.join(workdir, workdir_lib.CONFIG_FILE)} is not the config it was trained '
-      'with: evaluate it in the workdir it came from.'))
-  ckpt = checkpoint.Checkpointer(checkpoints, async_save=False, identity=identity,
-                                 read_only=True)
-  try:
-    restored_step, state, _ = _restore_for_reading(ckpt, target, step)
-  finally:
-    ckpt.close()
-  return exp, train.eval_params(train.TrainState(**state)), restored_step
-
-
-def _restore_for_reading(ckpt, target, step):
-  """ckpt.restore for a tool that only reads: an unreadable step is never set aside.
-
-  Without --step, an unreadable newest step is skipped with a warning for the
-  newest readable one; with --step, the error names the newest readable step.
-  """
-  if step is not None:
-    try:
-      return ckpt.restore(target, step)
-    except checkpoint.CorruptCheckpointError as e:
-      readable = _newest_readable(ckpt, target, [s for s in ckpt.all_steps() if s != step])
-      hint = (f'the newest readable step is {readable[0]}: pass --step={readable[0]}'
-              if readable else 'no other step is readable')
-      raise checkpoint.CheckpointError(f'{str(e).rstrip(".")}; {hint}.') from e
-  steps = ckpt.all_steps()
-  if not steps:
-    raise checkpoint.CheckpointError(f'No checkpoint in {ckpt.directory}.')
-  try:
-    return ckpt.restore(target, steps[-1])
-  except checkpoint.CorruptCheckpointError as e:
-    readable = _newest_readable(ckpt, target, steps[:-1])
-    if readable is None:
-      raise checkpoint.CheckpointError(f'{str(e).rstrip(".")}, and no older step is '
-                                       'readable.') from e
-    logging.warning('%s; using step %d, the newest readable one (--step chooses another).',
-                    str(e).rstrip('.'), readable[0])
-    return readable
-
-
-def _newest_readable(ckpt, target, steps):
-  """ckpt.restore of the newest of `steps` that reads back, or None."""
-  for step in reversed(sorted(steps)):
-    try:
-      return ckpt.restore(target, step)
-    except checkpoint.CorruptCheckpointError:
-      continue
-  return None
 
 
 def _save(out_dir, name, images, columns=None):
@@ -202,7 +121,7 @@ def check_indices(count, reconstruct, interpolate, traverse):
 def generate(workdir, out_dir, temperatures, num_samples, reconstruct, interpolate,
              traverse, traverse_dims, seed=0, step=None, group_temperatures=()):
   check_flags(temperatures, num_samples, interpolate, traverse_dims, group_temperatures)
-  exp, params, step = load_trained(workdir, step)
+  exp, params, step = experiment.load_trained(workdir, step)
   model = exp.model
   dequantize = model.likelihood.dequantize
   eval_images = data.fixed_eval_images(exp.dataset, exp.config.seed, dequantize=dequantize)
@@ -217,7 +136,7 @@ def generate(workdir, out_dir, temperatures, num_samples, reconstruct, interpola
     os.makedirs(out_dir, exist_ok=True)
   except OSError as e:
     raise workdir_lib.FlagError(f'--output_dir: cannot create {out_dir}: {e}') from e
-  eval_labels = train.labels_of(exp, exp.dataset.eval_labels)
+  eval_labels = experiment.labels_of(exp, exp.dataset.eval_labels)
   key = jax.random.key(seed)
   labels, columns = None, None
   if model.num_classes:  # One row per class.

@@ -1,4 +1,4 @@
-"""TrainState, the compiled train step, and the training loop.
+"""The compiled train step and the training loop (the experiment they run: experiment.py).
 
 The loop owns every side effect (files, logs, checkpoints, signals); the step is
 a pure function of (state, dataset, indices, key). It never computes a loss
@@ -6,17 +6,13 @@ itself: that is objectives.py's job.
 """
 
 import dataclasses
-import json
 import os
 import signal
 import time
-from typing import Any
 
 from absl import logging
-import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
@@ -25,6 +21,7 @@ from vae_jax import config as config_lib
 from vae_jax import data
 from vae_jax import disentanglement
 from vae_jax import evaluate
+from vae_jax import experiment
 from vae_jax import logs as vlog
 from vae_jax import models
 from vae_jax import objectives
@@ -38,135 +35,6 @@ from vae_jax import workdir as workdir_lib
 
 class NonFiniteError(RuntimeError):
   """The loss or its gradient became NaN/inf; the message names the step."""
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any
-  opt_state: Any
-
-  def to_dict(self):
-    return {'step': self.step, 'params': self.params, 'opt_state': self.opt_state}
-
-
-@dataclasses.dataclass
-class Experiment:
-  """Everything built from a config that the loop, the benchmark and generate share."""
-  config: ml_collections.ConfigDict
-  dataset: data.Dataset
-  model: models.VAE
-  tx: optax.GradientTransformation
-  num_steps: int
-  steps_per_epoch: int
-  keys: dict  # root_keys(config.seed): the first replica's streams.
-  seeds: tuple  # config.seed + i for each of the train.num_seeds replicas.
-  _shared: Any = None
-
-  @property
-  def shared(self):
-    """replicas.shared_leaves of the optimiser: True at the leaves every replica shares
-    and a skipped update still advances (step counters)."""
-    if self._shared is None:
-      self._shared = replicas.shared_leaves(self.tx, abstract_state(self).params)
-    return self._shared
-
-
-def resolve_num_steps(train_config, num_train):
-  """train.num_epochs (when > 0) wins over train.num_steps."""
-  steps_per_epoch = num_train // train_config.batch_size
-  if steps_per_epoch == 0:
-    raise config_lib.ConfigError(
-        f'config.train.batch_size: {train_config.batch_size} is larger than the '
-        f'{num_train} training examples')
-  if train_config.num_epochs > 0:
-    return int(round(train_config.num_epochs * steps_per_epoch)), steps_per_epoch
-  return train_config.num_steps, steps_per_epoch
-
-
-def root_keys(seed):
-  """Named, independent streams from one seed: params init, training, evaluation."""
-  init, train, evaluation, sample = jax.random.split(jax.random.key(seed), 4)
-  return {'init': init, 'train': train, 'eval': evaluation, 'sample': sample}
-
-
-def build_experiment(config) -> Experiment:
-  dataset = data.load(config.data)
-  model = models.make_model(config.model, dataset.image_shape,
-                            levels=data.levels(dataset.binarization),
-                            num_classes=dataset.num_classes)
-  num_steps, steps_per_epoch = resolve_num_steps(config.train, dataset.num_train)
-  tx = optim.make_optimizer(config.optimizer, num_steps,
-                            objectives.extra_optimizers(config.objective, model))
-  seeds = replicas.seeds(config)
-  return Experiment(config, dataset, model, tx, num_steps, steps_per_epoch,
-                    root_keys(config.seed), seeds)
-
-
-def eval_params(state: TrainState):
-  """The parameters evaluation and sampling use: the moving average where
-  optimizer.ema_decay > 0 keeps one (optim.params_ema), else the parameters."""
-  ema = optim.ema_params(state.opt_state)
-  return state.params if ema is None else ema
-
-
-def init_state(exp: Experiment, seed: int | None = None, *, shapes_only=False) -> TrainState:
-  """The step-0 state of the run with `seed` (default: config.seed). A VQ-VAE's second
-  stage starts from the trained VQ-VAE (`with_trained_vq_vae`), unless `shapes_only`:
-  under jax.eval_shape, where only the shapes are wanted, nothing is read."""
-  keys = exp.keys if seed is None else root_keys(seed)
-  # The second half of the split once drew the init call's noise; kept so that
-  # init_key, and so every initial parameter, stays what it has always been.
-  init_key, _ = jax.random.split(keys['init'])
-  params = models.init_params(exp.model, init_key, exp.dataset.image_shape)
-  params = {**params, **objectives.extra_params(exp.config.objective, exp.model, init_key)}
-  if exp.config.objective.name == 'code_prior' and not shapes_only:
-    params = with_trained_vq_vae(exp.config, params)
-  return TrainState(jnp.zeros((), jnp.int32), params, exp.tx.init(params))
-
-
-def with_trained_vq_vae(config, params):
-  """`params` with the encoder, codebook and decoder of the trained VQ-VAE in
-  config.model.prior_workdir (the parameters it evaluates with), for objective
-  code_prior, after `check_trained_vq_vae`."""
-  from vae_jax import generate  # pylint: disable=g-import-not-at-top  (generate imports train)
-  check_trained_vq_vae(config)
-  _, trained, _ = generate.load_trained(config.model.prior_workdir)
-  return {**params, **{name: trained[name] for name in objectives.FROZEN_IN_STAGE_TWO}}
-
-
-def check_trained_vq_vae(config):
-  """Refuses, naming the field or file, a config.model.prior_workdir that is not a VQ-VAE
-  trained to its last step, or one whose data or networks differ from this config's."""
-  source = config.model.prior_workdir
-  where = f'config.model.prior_workdir={source!r}'
-  if not os.path.isdir(source):
-    raise workdir_lib.WorkdirError(f'{where}: no such directory')
-  saved = workdir_lib.load_config(source)
-  if saved.objective.name != 'vq_vae' or saved.model.get('posterior') != 'vq':
-    raise workdir_lib.WorkdirError(
-        f"{where} is not a VQ-VAE: it trained objective {saved.objective.name!r} with "
-        f"model.posterior={saved.model.get('posterior')!r} (expected 'vq_vae' and 'vq')")
-  if not os.path.exists(os.path.join(source, 'final_metrics.json')):
-    raise workdir_lib.WorkdirError(
-        f'{where} has not finished training (no final_metrics.json): run it again to resume '
-        'it to its last step first')
-  flat_saved, flat_now = config_lib.flatten(saved.to_dict()), config_lib.flatten(config.to_dict())
-  for field in config_lib.VQ_STAGE_ONE_FIELDS:
-    if flat_saved.get(field) != flat_now.get(field):
-      raise workdir_lib.WorkdirError(
-          f'config.{field}: {flat_now.get(field)!r} here, but the VQ-VAE in {source} was '
-          f'trained with {flat_saved.get(field)!r}; the prior must be learned on its codes')
-
-
-def abstract_state(exp: Experiment, sharding_=None) -> TrainState:
-  """The shapes and dtypes of `init_state` (jax.ShapeDtypeStructs with `sharding_`),
-  without running it: the target of a restore. Initialising a deep model op by op
-  takes tens of seconds (30 s for the five-group ladder here), tracing it well
-  under one."""
-  shapes = jax.eval_shape(lambda: init_state(exp, shapes_only=True))
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding_),
-                      shapes)
 
 
 def step_compiler_options(config) -> dict:
@@ -199,12 +67,7 @@ def scan_unroll(config):
   return 1
 
 
-def labels_of(exp: Experiment, labels):
-  """The labels a conditional model reads; None for any other (nothing is sent to the step)."""
-  return labels if exp.model.num_classes else None
-
-
-def make_train_step(exp: Experiment):
+def make_train_step(exp: experiment.Experiment):
   """(state, train_images, indices [T, B], key, train_labels=None) -> (state, metrics [T]).
 
   Runs T steps in one `lax.scan`. The key of step s is fold_in(key, s), split
@@ -275,13 +138,13 @@ def make_train_step(exp: Experiment):
       metrics = dict(metrics, finite=finite.astype(jnp.float32), grad_norm=grad_norm)
       if skip_threshold:
         metrics['skipped'] = (finite & ~ok).astype(jnp.float32)
-      return TrainState(state.step + 1, params, opt_state), metrics
+      return experiment.TrainState(state.step + 1, params, opt_state), metrics
 
     return jax.lax.scan(one_step, state, indices, unroll=scan_unroll(exp.config))
 
   step_fn = train_step
   if multi:
-    axes = replicas.state_axes(abstract_state(exp), shared)
+    axes = replicas.state_axes(experiment.abstract_state(exp), shared)
     vmapped = jax.vmap(train_step, in_axes=(axes, None, 0, 0, None), out_axes=(axes, 0),
                        axis_name=replicas.AXIS)
 
@@ -392,13 +255,13 @@ class Trainer:
   def __init__(self, config, workdir):
     self.config = config
     self.workdir = workdir
-    self.exp = build_experiment(config)
+    self.exp = experiment.build_experiment(config)
     self.mesh = sharding.make_mesh()
     self.main = sharding.is_main_process()
     self.multi = len(self.exp.seeds) > 1
     self.replicas = [self._replica(seed) for seed in self.exp.seeds]
     self.train_images = sharding.put_replicated(self.exp.dataset.train, self.mesh)
-    labels = labels_of(self.exp, self.exp.dataset.train_labels)
+    labels = experiment.labels_of(self.exp, self.exp.dataset.train_labels)
     self.train_labels = None if labels is None else sharding.put_replicated(labels, self.mesh)
     keys = [r.keys['train'] for r in self.replicas]
     self.train_keys = jnp.stack(keys) if self.multi else keys[0]
@@ -425,9 +288,9 @@ class Trainer:
         run_name=f'{run_name}/seed_{seed}' if self.multi else run_name,
         config=config_lib.flatten(single.to_dict()))
     dequantize = self.exp.model.likelihood.dequantize
-    return Replica(seed, workdir, root_keys(seed),
+    return Replica(seed, workdir, experiment.root_keys(seed),
                    data.fixed_eval_images(self.exp.dataset, seed, dequantize=dequantize),
-                   labels_of(self.exp, self.exp.dataset.eval_labels), ckpt, writer)
+                   experiment.labels_of(self.exp, self.exp.dataset.eval_labels), ckpt, writer)
 
   # The first replica's pieces, under the names a single run has always had.
   @property
@@ -461,10 +324,10 @@ class Trainer:
     their step-0 states. A restore needs only the state's shapes, not its values."""
     restored = None
     if any(r.ckpt.all_steps() for r in self.replicas):
-      target = abstract_state(self.exp, sharding.replicated(self.mesh))
+      target = experiment.abstract_state(self.exp, sharding.replicated(self.mesh))
       restored = _restore_common_step(self.replicas, [target] * len(self.replicas))
     if restored is None:
-      states = [init_state(self.exp, r.seed) for r in self.replicas]
+      states = [experiment.init_state(self.exp, r.seed) for r in self.replicas]
       targets = [sharding.put_replicated(s, self.mesh) for s in states]
     else:
       step, targets = restored
@@ -596,7 +459,7 @@ def _restore_common_step(replicas, targets):
     if restored is None:
       return None
     step, tree, _ = restored
-    return step, [TrainState(**tree)]
+    return step, [experiment.TrainState(**tree)]
   held = [set(r.ckpt.all_steps()) for r in replicas]
   if not any(held):
     return None
@@ -616,7 +479,7 @@ def _restore_common_step(replicas, targets):
         r.ckpt.set_aside(step)
         h.discard(step)
         break
-      states.append(TrainState(**tree))
+      states.append(experiment.TrainState(**tree))
     else:
       return step, states
 
@@ -632,7 +495,7 @@ def train_and_evaluate(config, workdir) -> dict:
   """
   config_lib.validate(config)
   if config.objective.name == 'code_prior' and not workdir_lib.has_committed_step(workdir):
-    check_trained_vq_vae(config)  # Before the workdir is made: a wrong path costs nothing.
+    experiment.check_trained_vq_vae(config)  # Before the workdir is made: a wrong path costs nothing.
   workdir = workdir_lib.prepare(workdir)
   with workdir_lib.hold_lock(workdir, sharding.is_main_process(),
                              agree=lambda ok: not sharding.any_process(not ok)):
@@ -657,7 +520,7 @@ def check_schedule_length(workdir, config, exp):
       or not workdir_lib.has_committed_step(workdir)):
     return
   saved = workdir_lib.load_config(workdir)
-  saved_steps, _ = resolve_num_steps(saved.train, exp.dataset.num_train)
+  saved_steps, _ = experiment.resolve_num_steps(saved.train, exp.dataset.num_train)
   if saved_steps == exp.num_steps or saved.optimizer.schedule != config.optimizer.schedule:
     return  # Unchanged, or a schedule change check_resume has already listed.
   what = (f"optimizer.schedule {config.optimizer.schedule!r} is shaped by the run's length: "
@@ -721,7 +584,7 @@ def _train_loop(trainer: Trainer):
         vlog.info(vlog.progress_line(step, num_steps, shown, rate, c.batch_size,
                                      exp.steps_per_epoch, len(exp.seeds)))
       if step % c.eval_every_steps == 0 and step < num_steps:
-        params = eval_params(state)
+        params = experiment.eval_params(state)
         trainer.evaluate(params, step)
         trainer.save_images(params, step)  # TensorBoard's pictures over time.
       if save_now:
@@ -752,7 +615,7 @@ def _per_replica_means(chunks, num_replicas):
 def _final_evaluation(trainer: Trainer, state) -> dict:
   config, exp = trainer.config, trainer.exp
   step = int(sharding.to_host(state.step))
-  params = eval_params(state)
+  params = experiment.eval_params(state)
   record = trainer.record_final
   results = trainer.evaluate(params, step, record=record)
   for (r, replica_params), metrics in zip(trainer.replica_params(params), results):

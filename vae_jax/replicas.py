@@ -125,3 +125,118 @@ def unstack(state, i: int, shared):
   return state.replace(params=jax.tree.map(lambda x: x[i], state.params),
                        opt_state=jax.tree.map(lambda s, x: x if s else x[i], shared,
                                               state.opt_state))
+
+
+class Layout:
+  """How the replicas of one run sit in one program: a single run as it is, or S > 1
+  seeds stacked on a leading axis. The training loop asks it every question whose
+  answer depends on the number of seeds, so it never branches on that number.
+  """
+
+  def __init__(self, seeds, shared):
+    self.seeds = tuple(seeds)
+    self.shared = shared
+    self.stacked = len(self.seeds) > 1
+
+  def __len__(self):
+    return len(self.seeds)
+
+  def workdir(self, workdir, seed):
+    """Where replica `seed` keeps its files: its own DIR/seed_<s> when stacked."""
+    return replica_workdir(workdir, seed) if self.stacked else workdir
+
+  def config(self, config, seed):
+    """The config replica `seed` reproduces on its own."""
+    return replica_config(config, seed) if self.stacked else config
+
+  def run_name(self, workdir, seed):
+    name = os.path.basename(os.path.normpath(workdir))
+    return f'{name}/seed_{seed}' if self.stacked else name
+
+  def checkpoints(self, workdir):
+    """What a resume names: a single run's checkpoints/, or the run holding the replicas."""
+    return os.path.abspath(workdir) if self.stacked else os.path.abspath(
+        os.path.join(workdir, 'checkpoints'))
+
+  def vmapped_note(self):
+    return f'{len(self)} seeds vmapped, ' if self.stacked else ''
+
+  def where(self, i):
+    """' (seed s)' naming replica i in a message, or '' for a single run."""
+    return f' (seed {self.seeds[i]})' if self.stacked else ''
+
+  def stack(self, states):
+    """Single-run states, one per replica -> the state the train step takes."""
+    return stack(states, self.shared) if self.stacked else states[0]
+
+  def unstack(self, state):
+    """The train step's state -> each replica's single-run state."""
+    if not self.stacked:
+      return [state]
+    return [unstack(state, i, self.shared) for i in range(len(self))]
+
+  def split(self, tree):
+    """A tree with a replica axis (params, a call's metrics) -> one tree per replica."""
+    if not self.stacked:
+      return [tree]
+    return [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(len(self))]
+
+  def join(self, per_replica):
+    """One array per replica (keys, batch indices) -> what the train step takes, and the
+    axis of the batch in it (after the replica and step axes)."""
+    if not self.stacked:
+      return per_replica[0]
+    return jnp.stack(per_replica) if isinstance(per_replica[0], jax.Array) else np.stack(
+        per_replica)
+
+  @property
+  def batch_axis(self):
+    """The batch's axis in the indices the step takes ([S,] T, B)."""
+    return 2 if self.stacked else 1
+
+  def combine(self, results):
+    """The run's numbers from each replica's: a single run's own; for stacked seeds the
+    mean of each scalar, '<name>_std' (sample std, ddof=1), and each seed's under
+    'per_seed'."""
+    if not self.stacked:
+      return results[0]
+    summary = {}
+    for name, (mean, std) in _mean_and_std(results).items():
+      summary[name], summary[f'{name}_std'] = mean, std
+    summary['per_seed'] = {str(seed): {k: v for k, v in m.items() if np.ndim(v) == 0}
+                           for seed, m in zip(self.seeds, results)}
+    return summary
+
+  def describe(self, results):
+    """'elbo -105.20, recon ...' of one run; ', mean ± std of S seeds' and
+    'elbo -105.20 ± 0.31, ...' of several: (note, numbers)."""
+    if not self.stacked:
+      return '', ', '.join(f'{k} {float(v):.2f}' for k, v in results[0].items()
+                           if np.ndim(v) == 0)
+    return (f', mean \u00b1 std of {len(results)} seeds', ', '.join(
+        f'{name} {mean:.2f} \u00b1 {std:.2f}'
+        for name, (mean, std) in _mean_and_std(results).items()))
+
+  def final_line(self, results, what, k):
+    """The run's last line: 'Final <what>: -105.20 nats, log p(x) ...' of one run, or
+    'Final <what>, 3 seeds: -105.20 ± 0.31 nats (per seed: ...); log p(x) ...'."""
+    if not self.stacked:
+      m = results[0]
+      ll = f', log p(x) {m["log_px"]:.2f} nats (K={k})' if 'log_px' in m else ''
+      return f'Final {what}: {m["elbo"]:.2f} nats{ll}'
+    summary = self.combine(results)
+    ll = (f'; log p(x) {summary["log_px"]:.2f} \u00b1 {summary["log_px_std"]:.2f} nats (K={k})'
+          if 'log_px' in summary else '')
+    per_seed = ', '.join(f'{m["elbo"]:.2f}' for m in results)
+    return (f'Final {what}, {len(results)} seeds: {summary["elbo"]:.2f} \u00b1 '
+            f'{summary["elbo_std"]:.2f} nats (per seed: {per_seed}){ll}')
+
+
+def _mean_and_std(results) -> dict:
+  """{name: (mean, sample std with ddof=1)} over the replicas of each scalar metric."""
+  stats = {}
+  for name in results[0]:
+    values = [m[name] for m in results]
+    if all(np.ndim(v) == 0 for v in values):
+      stats[name] = (float(np.mean(values)), float(np.std(values, ddof=1)))
+  return stats

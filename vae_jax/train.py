@@ -250,7 +250,9 @@ class Replica:
 
 
 class Trainer:
-  """Holds the run's pieces so the loop below reads as a list of steps."""
+  """Holds the run's pieces so the loop below reads as a list of steps. A single run and
+  an S-seed run go through the same code: what differs (one workdir or one per seed,
+  stacking, the summary over seeds) is `replicas.Layout`'s to answer."""
 
   def __init__(self, config, workdir):
     self.config = config
@@ -258,52 +260,35 @@ class Trainer:
     self.exp = experiment.build_experiment(config)
     self.mesh = sharding.make_mesh()
     self.main = sharding.is_main_process()
-    self.multi = len(self.exp.seeds) > 1
+    self.layout = replicas.Layout(self.exp.seeds, self.exp.shared)
     self.replicas = [self._replica(seed) for seed in self.exp.seeds]
     self.train_images = sharding.put_replicated(self.exp.dataset.train, self.mesh)
     labels = experiment.labels_of(self.exp, self.exp.dataset.train_labels)
     self.train_labels = None if labels is None else sharding.put_replicated(labels, self.mesh)
-    keys = [r.keys['train'] for r in self.replicas]
-    self.train_keys = jnp.stack(keys) if self.multi else keys[0]
+    self.train_keys = self.layout.join([r.keys['train'] for r in self.replicas])
     self.step_fn = make_train_step(self.exp)
     self.record_final = True  # False for a finished run launched again (set by the loop).
 
   def _replica(self, seed):
     c = self.config
-    workdir = self.workdir
-    single = c
-    if self.multi:
-      workdir = workdir_lib.prepare(replicas.replica_workdir(self.workdir, seed))
-      single = replicas.replica_config(c, seed)
+    workdir, single = self.layout.workdir(self.workdir, seed), self.layout.config(c, seed)
+    if workdir != self.workdir:  # A replica's own workdir: made and checked here.
+      workdir_lib.prepare(workdir)
       workdir_lib.check_resume(workdir, single)
     identity = workdir_lib.run_identity(single, hint=(
         'Move that step out of checkpoints/ (or train in another --workdir); if the change '
         'is intended, pass --config.resume.allow_config_change=True.'))
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), identity=identity,
                                    max_to_keep=c.train.max_checkpoints_to_keep)
-    run_name = os.path.basename(os.path.normpath(self.workdir))
     writer = vlog.MetricWriter(
         workdir, enabled=self.main, tensorboard=c.logging.tensorboard,
         trackers=trackers.parse(c.logging.trackers), project=c.logging.project,
-        run_name=f'{run_name}/seed_{seed}' if self.multi else run_name,
+        run_name=self.layout.run_name(self.workdir, seed),
         config=config_lib.flatten(single.to_dict()))
     dequantize = self.exp.model.likelihood.dequantize
     return Replica(seed, workdir, experiment.root_keys(seed),
                    data.fixed_eval_images(self.exp.dataset, seed, dequantize=dequantize),
                    experiment.labels_of(self.exp, self.exp.dataset.eval_labels), ckpt, writer)
-
-  # The first replica's pieces, under the names a single run has always had.
-  @property
-  def ckpt(self):
-    return self.replicas[0].ckpt
-
-  @property
-  def writer(self):
-    return self.replicas[0].writer
-
-  @property
-  def eval_images(self):
-    return self.replicas[0].eval_images
 
   def write_configs(self):
     """config.json and versions.json of the run and of each replica (process 0)."""
@@ -313,10 +298,10 @@ class Trainer:
                            self.config.to_dict())
     workdir_lib.record_versions(self.workdir)
     workdir_lib.record_launch(self.workdir, jax.devices())
-    if self.multi:
-      for r in self.replicas:
+    for r in self.replicas:
+      if r.workdir != self.workdir:
         workdir_lib.write_json(os.path.join(r.workdir, workdir_lib.CONFIG_FILE),
-                               replicas.replica_config(self.config, r.seed).to_dict())
+                               self.layout.config(self.config, r.seed).to_dict())
         workdir_lib.record_versions(r.workdir)
 
   def initial_state(self):
@@ -333,34 +318,25 @@ class Trainer:
       step, targets = restored
       for r in self.replicas:
         r.last_saved_step = step
-      where = self.workdir if self.multi else self.ckpt.directory
-      vlog.info(f'Resumed from {where} at step {step}.')
-    if not self.multi:
-      return targets[0]
-    return sharding.put_replicated(replicas.stack(targets, self.exp.shared), self.mesh)
+      vlog.info(f'Resumed from {self.layout.checkpoints(self.workdir)} at step {step}.')
+    return sharding.put_replicated(self.layout.stack(targets), self.mesh)
 
   def run_call(self, state, step, num):
     c = self.config.train
     indices = [data.batch_indices_for_steps(seed, step, num, c.batch_size,
                                             self.exp.dataset.num_train)
                for seed in self.exp.seeds]
-    if self.multi:
-      indices = sharding.put_batch(np.stack(indices), self.mesh, batch_axis=2)
-    else:
-      indices = sharding.put_batch(indices[0], self.mesh, batch_axis=1)
+    indices = sharding.put_batch(self.layout.join(indices), self.mesh,
+                                 batch_axis=self.layout.batch_axis)
     return self.step_fn(state, self.train_images, indices, self.train_keys, self.train_labels)
 
   def replica_states(self, state):
-    """[(replica, its single-run state)] for a single or a stacked state."""
-    if not self.multi:
-      return [(self.replicas[0], state)]
-    return [(r, replicas.unstack(state, i, self.exp.shared)) for i, r in enumerate(self.replicas)]
+    """[(replica, its single-run state)]."""
+    return list(zip(self.replicas, self.layout.unstack(state)))
 
   def replica_params(self, params):
-    """[(replica, its parameters)] for a single or a stacked parameter tree."""
-    if not self.multi:
-      return [(self.replicas[0], params)]
-    return [(r, jax.tree.map(lambda x, i=i: x[i], params)) for i, r in enumerate(self.replicas)]
+    """[(replica, its parameters)]."""
+    return list(zip(self.replicas, self.layout.split(params)))
 
   def save(self, state, step, force=False):
     for r, s in self.replica_states(state):
@@ -392,8 +368,8 @@ class Trainer:
       if record:
         r.writer.write(step, 'eval', dict(metrics, epoch=step / self.exp.steps_per_epoch))
       results.append(metrics)
-    vlog.info(f'eval at step {step} ({self.config.data.eval_split}'
-              f'{_seeds_note(len(results))}): {_summary(results)}')
+    note, numbers = self.layout.describe(results)
+    vlog.info(f'eval at step {step} ({self.config.data.eval_split}{note}): {numbers}')
     return results
 
   def save_images(self, params, step, record=True):
@@ -422,28 +398,6 @@ class Trainer:
 def class_rows(model, num):
   """Labels 0, 1, ..., C-1, 0, ... for `num` samples of a conditional model; None otherwise."""
   return jnp.arange(num) % model.num_classes if model.num_classes else None
-
-
-def _seeds_note(num):
-  return f', mean \u00b1 std of {num} seeds' if num > 1 else ''
-
-
-def _summary(results):
-  """'elbo -105.20, recon ...' of one run, or 'elbo -105.20 ± 0.31, ...' of several."""
-  if len(results) == 1:
-    return ', '.join(f'{k} {float(v):.2f}' for k, v in results[0].items() if np.ndim(v) == 0)
-  return ', '.join(f'{name} {mean:.2f} \u00b1 {std:.2f}'
-                   for name, (mean, std) in _mean_and_std(results).items())
-
-
-def _mean_and_std(results) -> dict:
-  """{name: (mean, sample std with ddof=1)} over the replicas of each scalar metric."""
-  stats = {}
-  for name in results[0]:
-    values = [m[name] for m in results]
-    if all(np.ndim(v) == 0 for v in values):
-      stats[name] = (float(np.mean(values)), float(np.std(values, ddof=1)))
-  return stats
 
 
 def _restore_common_step(replicas, targets):
@@ -541,7 +495,7 @@ def _train_loop(trainer: Trainer):
   step = int(sharding.to_host(state.step))
   # A finished run launched again only reports: its final point is on record already.
   trainer.record_final = step < num_steps
-  seeds = f'{len(exp.seeds)} seeds vmapped, ' if trainer.multi else ''
+  seeds = trainer.layout.vmapped_note()
   kind = 'VQ-VAE' if config.model.posterior == 'vq' else f'{config.model.architecture} VAE'
   vlog.info(f'Training {kind} on {config.data.name}: '
             f'{models.count_params(trainer.replica_params(state.params)[0][1]):,} params, '
@@ -563,11 +517,11 @@ def _train_loop(trainer: Trainer):
       preempted = sharding.any_process(preemption.requested)
       save_now = step % c.checkpoint_every_steps == 0 or preempted
       if log_now or save_now:
-        per_replica = _per_replica_means(sharding.to_host(pending), len(exp.seeds))
+        per_replica = [_mean_metrics(chunks) for chunks in zip(
+            *(trainer.layout.split(c) for c in sharding.to_host(pending)))]
         for i, (means, finite, applied) in enumerate(per_replica):
-          where = f' (seed {exp.seeds[i]})' if trainer.multi else ''
           nonfinite_runs[i] = _nonfinite_check(finite, applied, first_pending, config,
-                                               nonfinite_runs[i], where)
+                                               nonfinite_runs[i], trainer.layout.where(i))
         pending, first_pending = [], step
       if log_now:
         now = time.perf_counter()
@@ -604,14 +558,6 @@ def _train_loop(trainer: Trainer):
   return state
 
 
-def _per_replica_means(chunks, num_replicas):
-  """Per-step metrics of several calls ([T] or [S, T] each) -> per replica (means, finite)."""
-  if num_replicas == 1:
-    return [_mean_metrics(chunks)]
-  return [_mean_metrics([{k: np.asarray(v)[i] for k, v in c.items()} for c in chunks])
-          for i in range(num_replicas)]
-
-
 def _final_evaluation(trainer: Trainer, state) -> dict:
   config, exp = trainer.config, trainer.exp
   step = int(sharding.to_host(state.step))
@@ -637,27 +583,17 @@ def _final_evaluation(trainer: Trainer, state) -> dict:
       workdir_lib.write_json(os.path.join(r.workdir, 'final_metrics.json'),
                              dict(metrics, step=step))
     if record:
-      r.writer.write_hparams(config_lib.flatten(replicas.replica_config(config, r.seed).to_dict()),
-                             metrics, step)
+      r.writer.write_hparams(
+          config_lib.flatten(trainer.layout.config(config, r.seed).to_dict()), metrics, step)
   trainer.save_images(params, step, record=record)
-  images = f'{len(trainer.eval_images)} images, step {step}'
-  k = config.eval.num_importance_samples
-  if not trainer.multi:
-    metrics = results[0]
-    ll = f', log p(x) {metrics["log_px"]:.2f} nats (K={k})' if 'log_px' in metrics else ''
-    vlog.info(f'Final {_held_out(exp)}ELBO ({config.data.eval_split}, {images}): '
-              f'{metrics["elbo"]:.2f} nats{ll}')
-    return metrics
-  summary = _across_seeds(results, exp.seeds)
-  if trainer.main:
+  images = f'{len(trainer.replicas[0].eval_images)} images, step {step}'
+  summary = trainer.layout.combine(results)
+  if trainer.main and all(r.workdir != trainer.workdir for r in trainer.replicas):
     workdir_lib.write_json(os.path.join(trainer.workdir, 'final_metrics.json'),
                            dict(summary, step=step))
-  elbos = [m['elbo'] for m in results]
-  ll = (f'; log p(x) {summary["log_px"]:.2f} \u00b1 {summary["log_px_std"]:.2f} nats (K={k})'
-        if 'log_px' in summary else '')
-  vlog.info(f'Final {_held_out(exp)}ELBO ({config.data.eval_split}, {images}), '
-            f'{len(elbos)} seeds: {summary["elbo"]:.2f} \u00b1 {summary["elbo_std"]:.2f} nats '
-            f'(per seed: {", ".join(f"{e:.2f}" for e in elbos)}){ll}')
+  vlog.info(trainer.layout.final_line(
+      results, f'{_held_out(exp)}ELBO ({config.data.eval_split}, {images})',
+      config.eval.num_importance_samples))
   return summary
 
 
@@ -676,13 +612,3 @@ def _disentanglement(config, exp, params, seed) -> dict:
       f'{name} {scores[name]:.3f}' for name in (
           'beta_vae_score', 'factor_vae_score', 'mig', 'dci_disentanglement', 'sap')))
   return scores
-
-
-def _across_seeds(results, seeds) -> dict:
-  """Means of each scalar metric over the replicas, '<name>_std' (sample std, ddof=1), 'per_seed'."""
-  summary = {}
-  for name, (mean, std) in _mean_and_std(results).items():
-    summary[name], summary[f'{name}_std'] = mean, std
-  summary['per_seed'] = {str(seed): {k: v for k, v in m.items() if np.ndim(v) == 0}
-                         for seed, m in zip(seeds, results)}
-  return summary

@@ -103,8 +103,10 @@ class Run:
     return self.log_file(i).read_text(encoding='utf-8')
 
   def written(self, i):
+    """Paths process i opened for writing; an atomic write's `NAME.<pid>.tmp` as `NAME.tmp`."""
     path = self.written_file(i)
-    return set(path.read_text().split()) if path.exists() else set()
+    names = path.read_text().split() if path.exists() else []
+    return {re.sub(r'\.\d+\.tmp$', '.tmp', name) for name in names}
 
   def finish(self, timeout=300):
     """Waits for every process; asserts that each exited 0; returns their outputs."""

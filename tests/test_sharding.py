@@ -29,7 +29,7 @@ indices = np.zeros((5, 48), np.int32)
 from vae_jax import sharding
 hlo = trainer.step_fn.lower(sharding.put_replicated(state, trainer.mesh), trainer.train_images,
                             sharding.put_batch(indices, trainer.mesh, 1), exp.keys['train']).compile().as_text()
-trainer.ckpt.close(); trainer.writer.close()
+trainer.close()
 train.train_and_evaluate(c, workdir)
 _, st, _ = restored_state(workdir, c)
 np.savez(workdir + '/params.npz', *[np.asarray(x) for x in jax.tree.leaves(st['params'])])
@@ -71,7 +71,7 @@ import json, sys
 sys.path.insert(0, {tests!r})
 import jax, numpy as np
 from test_train import tiny_config
-from vae_jax import evaluate, sharding, train
+from vae_jax import evaluate, experiment
 exp = experiment.build_experiment(tiny_config())
 params = experiment.init_state(exp).params
 images = np.asarray(exp.dataset.eval[:21], np.float32) / 255.0  # 21: padding on 8 devices.

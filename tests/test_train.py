@@ -40,10 +40,12 @@ def tiny_config(**overrides):
 
 
 def restored_state(workdir, config, step=None):
+  """(step, state dict, metadata) of a workdir's checkpoint, restored onto the state's shapes."""
   exp = experiment.build_experiment(config)
+  target = experiment.abstract_state(exp, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'), async_save=False)
   try:
-    return ckpt.restore(experiment.init_state(exp).to_dict(), step=step)
+    return ckpt.restore(target.to_dict(), step=step)
   finally:
     ckpt.close()
 

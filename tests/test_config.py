@@ -277,6 +277,11 @@ def test_durations_in_epochs_come_from_the_split_sizes():
   # The table's size is the split's when read.
   assert data.load(c.data).num_train == data.SPLIT_SIZES['embedded_mnist']['train'] == 4500
   assert config_lib.steps_per_epoch(c) == 45 and config_lib.steps(c, epochs=2.5) == 112
+  # The same duration as steps or as examples (whole batches only).
+  assert config_lib.steps(c, steps=112) == config_lib.steps(c, examples=11_299) == 112
+  for durations in ({}, {'steps': 5, 'epochs': 1}, {'epochs': 1, 'examples': 100}):
+    with pytest.raises(ValueError, match='exactly one of steps, epochs or examples'):
+      config_lib.steps(c, **durations)
   c.data.name, c.train.batch_size = 'binarized_mnist', 20
   assert config_lib.steps(c, epochs=10) == 25_000
   c.data.train_split = 'train[:80%]'

@@ -532,10 +532,20 @@ def steps_per_epoch(config) -> int:
   return sizes[config.data.train_split] // config.train.batch_size
 
 
-def steps(config, *, epochs) -> int:
-  """A duration of `epochs` epochs in train steps, rounded down: the one conversion a config
-  uses for the fields counted in steps (kl_warmup_steps, the intervals), so none hard-codes
-  a dataset's size. Set data.name, data.train_split and train.batch_size first."""
+def steps(config, *, steps=None, epochs=None, examples=None) -> int:
+  """A duration given as exactly one of steps, epochs or examples, in train steps (rounded
+  down), as big_vision's `steps()`: the one conversion a config uses for the fields counted
+  in steps (kl_warmup_steps, the intervals), so none hard-codes a dataset's size. Set
+  data.name, data.train_split and train.batch_size first."""
+  given = [name for name, value in (('steps', steps), ('epochs', epochs), ('examples', examples))
+           if value is not None]
+  if len(given) != 1:
+    raise ValueError(f'steps(): give exactly one of steps, epochs or examples, not '
+                     f'{" and ".join(given) or "none"}')
+  if steps is not None:
+    return int(steps)
+  if examples is not None:
+    return int(examples // config.train.batch_size)
   return int(epochs * steps_per_epoch(config))
 
 

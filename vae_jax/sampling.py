@@ -10,8 +10,8 @@ top latent z_L, the one the prior p(z_L) describes, and decode it through the
 means of the conditional priors below.
 
 Each is jitted with the model static: run op by op, a hierarchy's scanned groups
-were traced and compiled again at every call (the generate call of a 5-group
-hierarchy in tests/test_families.py took 34 s eagerly).
+were traced and compiled again at every call (`generate` on the five-group ladder
+of experiments/ladder: 77 s op by op, 14 s jitted, the same pictures).
 """
 
 import functools

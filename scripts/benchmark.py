@@ -83,6 +83,11 @@ def _flags(argv):
                        'S separate runs of one seed.', flag_values=fv)
   flags.DEFINE_bool('startup', True, 'Also time launch -> first training call of '
                     'vae_jax.main, with an empty and with a warm user cache.', flag_values=fv)
+  flags.DEFINE_list('input_workers', [],
+                    'Also measure the streaming input path alone (grain over the training '
+                    'split, decoding included) with each of these numbers of worker '
+                    'processes, e.g. 0,1,2, against the steps measured in this run.',
+                    flag_values=fv)
   flags.DEFINE_list('matmul_sizes', ['512', '1024', '2048'],
                     'Sides of the square matmuls measured besides the layer shapes.',
                     flag_values=fv)
@@ -644,8 +649,38 @@ def bench_loop(config, steps_per_sec, repeats, seconds):
 # ----------------------------------------------------------------------------- the run
 
 
+def bench_input(config, workers_list, repeats, seconds):
+  """Images/s of the streaming path alone (stream.Stream over the training split, read and
+  decoded as a streamed run reads it, no train step), per number of grain workers: a
+  median of `repeats` timed stretches after two calls of warm-up (workers start)."""
+  from vae_jax import stream as stream_lib  # pylint: disable=g-import-not-at-top
+  c = config.copy_and_resolve_references()
+  c.data.input = 'stream'
+  dataset = data.load(c.data)
+  batch, per_call = c.train.batch_size, c.train.steps_per_call
+  rows = {}
+  for workers in workers_list:
+    s = stream_lib.Stream(dataset.train_source, seeds=(c.seed,), batch_size=batch,
+                          rows=(0, batch), num_steps=10**9, first_step=0, workers=workers,
+                          prefetch_steps=c.data.prefetch * per_call)
+    try:
+      s.take(2 * per_call)
+      rates = []
+      for _ in range(repeats):
+        start, images = time.perf_counter(), 0
+        while time.perf_counter() - start < seconds / repeats or not images:
+          s.take(per_call)
+          images += per_call * batch
+        rates.append(images / (time.perf_counter() - start))
+    finally:
+      s.close()
+    rows[str(workers)] = {'images_per_sec': float(np.median(rates)), 'rates': rates}
+  return {'dataset': c.data.name, 'batch_size': batch, 'workers': rows}
+
+
 def run(config, *, repeats=5, seconds=12.0, ll_num_samples=5000, ll_num_images=200,
-        matmul_sizes=(512, 1024, 2048), compare_seeds=0, startup_args=None):
+        matmul_sizes=(512, 1024, 2048), compare_seeds=0, startup_args=None,
+        input_workers=()):
   """Every measurement of the module docstring, as one JSON-ready dict."""
   config_lib.validate(config)
   results = {'machine': _machine(), 'memory': {}}
@@ -682,6 +717,12 @@ def run(config, *, repeats=5, seconds=12.0, ll_num_samples=5000, ll_num_images=2
     library.close()
   memory['maxrss_mib_after_training'] = _maxrss_mib()
   results['train'] = _train_summary(training, flops, results['matmul'])
+  if input_workers:
+    results['input'] = bench_input(config, input_workers, repeats, seconds)
+    step_rate = results['train']['bare']['images_per_sec']
+    for row in results['input']['workers'].values():
+      row['ratio_to_bare_step'] = row['images_per_sec'] / step_rate
+      row['ratio_to_loop'] = row['images_per_sec'] / results['train']['loop']['images_per_sec']
 
   # With the parameters the bare step has trained meanwhile, so that log p(x) is
   # a number one can sanity-check (the speed does not depend on it).
@@ -873,6 +914,12 @@ def summary_lines(results):
     st = results['startup']
     lines.append(f"launch to first logged training call ({st['steps_in_first_call']} steps): "
                  f"{st['cold_s']:.1f} s with an empty cache, {st['warm_s']:.1f} s warm")
+  if 'input' in results:
+    rows = results['input']['workers']
+    lines.append('streaming input alone (' + results['input']['dataset'] + ', decoding '
+                 'included): ' + ', '.join(
+                     f"{w} worker(s) {r['images_per_sec']:,.0f} images/s "
+                     f"(x{r['ratio_to_bare_step']:.2f} the bare step)" for w, r in rows.items()))
   if 'seeds' in results:
     s = results['seeds']
     lines.append(
@@ -889,6 +936,7 @@ def main(argv):
                 ll_num_samples=fv.ll_num_samples, ll_num_images=fv.ll_num_images,
                 matmul_sizes=tuple(int(size) for size in fv.matmul_sizes),
                 compare_seeds=fv.compare_seeds,
+                input_workers=tuple(int(w) for w in fv.input_workers),
                 startup_args=([a for a in argv[1:] if a.startswith('--config')]
                               if fv.startup else None))
   results['command'] = ' '.join(argv)

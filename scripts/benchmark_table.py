@@ -46,6 +46,15 @@ def seeds_line(name, r):
           f"once vs {s['separate_setup_and_first_call_s']:.1f} s per separate run.")
 
 
+def input_line(name, r):
+  i, t = r['input'], r['train']
+  rows = ', '.join(f"{w} worker(s) {x['images_per_sec']:,.0f} images/s "
+                   f"(**x{x['ratio_to_bare_step']:.2f}**)" for w, x in i['workers'].items())
+  return (f"{name}: streaming input alone ({i['dataset']}, batch {i['batch_size']}, decoding "
+          f"included): {rows}, against the bare step's {t['bare']['images_per_sec']:,.0f} "
+          f"and the loop's {t['loop']['images_per_sec']:,.0f} images/s in the same run.")
+
+
 def main(paths):
   results = []
   for path in paths:
@@ -53,6 +62,7 @@ def main(paths):
       results.append((os.path.splitext(os.path.basename(path))[0], json.load(f)))
   lines = HEADER + [row(name, r) for name, r in results]
   lines += ['', *(seeds_line(name, r) for name, r in results if 'seeds' in r)]
+  lines += ['', *(input_line(name, r) for name, r in results if 'input' in r)]
   peaks = ', '.join(f"{r['matmul']['peak_gflops']:.0f}" for _, r in results)
   lines += ['', f'Matmul peak measured in each run (GFLOP/s): {peaks}.']
   print('\n'.join(lines))

@@ -16,3 +16,7 @@ run mlp_b128_spc10_inexact --config=configs/benchmark.py --config.train.exact_re
 run mlp_b128_spc50 --config=configs/benchmark.py --config.train.steps_per_call=50
 run mlp_b1024_spc10 --config=configs/benchmark.py --config.train.batch_size=1024
 run conv_b128_spc10 --config=configs/benchmark.py:conv --ll_num_images=20
+# The streaming input path alone (grain, 0 / 1 / 2 workers) beside the steps it feeds.
+run input_mlp_b128 --config=configs/benchmark.py --input_workers=0,1,2 --startup=false
+run input_conv_b128 --config=configs/benchmark.py:conv --ll_num_images=20 --input_workers=0,1,2 --startup=false
+run input_ladder_b100 --config=configs/ladder.py:width=256,hidden=128 --ll_num_images=10 --input_workers=0,1,2 --startup=false

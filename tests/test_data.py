@@ -111,7 +111,7 @@ def test_binarized_mnist_through_mock_data(fresh_cache, tmp_path):
 def test_has_labels_names_the_field_for_an_unknown_dataset():
   assert all(data.has_labels(name) for name in data.NUM_CLASSES)
   with pytest.raises(data.DatasetError, match='config.data.name'):
-    data.has_labels('svhn')
+    data.has_labels('lsun')
 
 
 def test_loaded_arrays_are_read_only(fresh_cache, tmp_path):

@@ -147,12 +147,24 @@ def _committed_step_dirs(directory):
   return [name for name in os.listdir(directory) if name.isdigit()] if directory.is_dir() else []
 
 
+def _digits_npz(path):
+  """embedded MNIST's digits as an .npz ('train', 'test'), for the streamed variant."""
+  ds = data.load(config_lib.default_config().data)
+  np.savez(path, train=np.asarray(ds.train), test=np.asarray(ds.eval))
+  return path
+
+
 @pytest.mark.slow
-def test_01_kill9_mid_training_then_resume_is_bit_identical(tmp_path):
+@pytest.mark.parametrize('input_path', ['memory', 'stream'])
+def test_01_kill9_mid_training_then_resume_is_bit_identical(tmp_path, input_path):
   num_steps = 3000
   overrides = [f for f in TINY if not f.startswith(('--config.train.checkpoint_every_steps',
                                                      '--config.train.log_every_steps'))]
   overrides += ['--config.train.checkpoint_every_steps=100', '--config.train.log_every_steps=50']
+  if input_path == 'stream':  # grain with a worker process, its position in each checkpoint.
+    overrides += ['--config.data.name=npz', '--config.data.input=stream',
+                  '--config.data.workers=1',
+                  f'--config.data.path={_digits_npz(tmp_path / "digits.npz")}']
 
   def command(workdir):
     return train_command(workdir, num_steps)[:6] + overrides

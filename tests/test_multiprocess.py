@@ -62,6 +62,25 @@ runpy.run_module('vae_jax.main', run_name='__main__', alter_sys=True)
 '''
 
 
+# Runs vae_jax.main and appends to REPORT every file under DATA that the process opens
+# for reading (the streamed variant: which examples each process reads).
+READ_AUDITED_MAIN = r'''
+import os, runpy, sys
+root = os.path.realpath(sys.argv[1])
+report = os.open(sys.argv[2], os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+
+def hook(event, args):
+  if event == 'open' and isinstance(args[0], (str, bytes, os.PathLike)):
+    path = os.path.realpath(os.fsdecode(args[0]))
+    if path.startswith(root + os.sep):
+      os.write(report, (os.path.relpath(path, root) + '\n').encode())
+
+sys.addaudithook(hook)
+sys.argv = ['vae_jax.main'] + sys.argv[3:]
+runpy.run_module('vae_jax.main', run_name='__main__', alter_sys=True)
+'''
+
+
 def free_port():
   with socket.socket() as s:
     s.bind(('localhost', 0))
@@ -71,7 +90,8 @@ def free_port():
 class Run:
   """The processes of one training run, started at once; output in `logs/<i>.txt`."""
 
-  def __init__(self, workdir, num_steps, num_processes, devices, *flags, audit=False):
+  def __init__(self, workdir, num_steps, num_processes, devices, *flags, audit=False,
+               audit_reads=None):
     self.workdir = workdir
     self.logs = workdir.parent / f'{workdir.name}_logs'
     self.logs.mkdir(exist_ok=True)
@@ -85,7 +105,10 @@ class Run:
         args += [f'--coordinator_address=localhost:{port}', f'--num_processes={num_processes}',
                  f'--process_id={i}', f'--peer_timeout_s={TEST_PEER_TIMEOUT_S}']
       args += flags  # Last: a flag given twice takes its last value.
-      if audit:
+      if audit_reads:
+        command = [sys.executable, '-c', READ_AUDITED_MAIN, str(audit_reads),
+                   str(self.written_file(i))]
+      elif audit:
         command = [sys.executable, '-c', AUDITED_MAIN, str(workdir), str(self.written_file(i))]
       else:
         command = [sys.executable, '-m', 'vae_jax.main']
@@ -325,3 +348,41 @@ def test_one_process_starts_no_runtime(no_launcher):
     sharding.initialize(num_processes=2)
   with pytest.raises(ValueError, match='mode'):
     sharding.initialize(mode='yes')
+
+
+def _digit_folder(root, num_train, num_test):
+  """root/train and root/test: PNG files of embedded MNIST digits."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from vae_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from vae_jax import data  # pylint: disable=g-import-not-at-top
+  ds = data.load(config_lib.default_config().data)
+  for split, images in (('train', ds.train[:num_train]), ('test', ds.eval[:num_test])):
+    (root / split).mkdir(parents=True)
+    for i, image in enumerate(np.asarray(images)):
+      Image.fromarray(image[..., 0]).save(root / split / f'{i:04d}.png')
+  return root
+
+
+@pytest.mark.slow
+def test_two_processes_stream_disjoint_examples_and_train_as_one(tmp_path):
+  # One epoch (480 digits, global batch 48, 10 steps) from a folder of PNG files.
+  folder = _digit_folder(tmp_path / 'digits', 480, 96)
+  flags = ('--config.data.name=folder', f'--config.data.path={folder}',
+           '--config.data.input=stream', '--config.train.checkpoint_every_steps=5',
+           '--config.train.log_every_steps=5')
+  one = Run(tmp_path / 'one', 10, 1, 1, *flags)
+  one.finish()
+  two = Run(tmp_path / 'two', 10, 2, 1, *flags, audit_reads=folder / 'train')
+  two.finish()
+  assert_same_params(tmp_path / 'one', tmp_path / 'two')
+  # Every process reads every file's header when it opens the folder (its sizes), then
+  # decodes its own examples: the files it opened twice.
+  own = []
+  for i in range(2):
+    opened = two.written_file(i).read_text().split()
+    assert set(opened) == {f'{k:04d}.png' for k in range(480)}
+    own.append({name for name in set(opened) if opened.count(name) == 2})
+    assert all(opened.count(name) <= 2 for name in opened)
+  assert len(own[0]) == len(own[1]) == 240 and not own[0] & own[1]  # Disjoint halves.
+  assert own[0] | own[1] == {f'{k:04d}.png' for k in range(480)}  # Together, the epoch.
+

@@ -30,7 +30,8 @@ NAN_POLICIES = ('stop', 'skip')
 # Fields that may change between a run and its resumption: they steer how long
 # to train and what to report, not what is being trained.
 RESUMABLE_PREFIXES = (
-    'data.cache', 'train.num_steps', 'train.num_epochs', 'train.log_every_steps',
+    'data.cache', 'data.input', 'data.memory_limit_gb', 'data.workers', 'data.prefetch',
+    'train.num_steps', 'train.num_epochs', 'train.log_every_steps',
     'train.eval_every_steps', 'train.checkpoint_every_steps',
     'train.max_checkpoints_to_keep', 'train.exact_replicas', 'eval.', 'sampling.', 'logging.', 'resume.',
 )
@@ -94,7 +95,25 @@ FIELDS = (
      'numbers.'),
 
     ('data.name', 'embedded_mnist', f'The dataset: one of {DATASETS}. embedded_mnist is 5,000 '
-     'real MNIST digits shipped in a package (offline); the others are read from TFDS.'),
+     'real MNIST digits shipped in a package (offline); folder and npz are your own images '
+     '(data.path); the others are read from TFDS (celeb_a: NVAE\'s 148 crop resized to 64x64; '
+     'imagenet32/64: downsampled ImageNet; omniglot: 28x28, strokes bright).'),
+    ('data.path', '', "data.name='folder': a folder with one subfolder of image files per split "
+     "(PATH/train, PATH/test; all of one size); 'npz': an .npz with one uint8 array [N, H, W] "
+     'or [N, H, W, C] per split, named by data.train_split / data.eval_split.'),
+    ('data.skip_unreadable', False, "data.name='folder': leave out (and count) image files whose "
+     'header cannot be read, instead of stopping at the first one.'),
+    ('data.bits', 8, "Quantise 'none' data to this many bits per value (Glow's 5-bit CelebA-HQ: "
+     '5); the likelihood then has 2**bits levels.'),
+    ('data.input', 'auto', f'One of {data.INPUTS}: memory reads the training split whole into '
+     'every process; stream reads each step\'s batch with grain, each process only its own part, '
+     'its position saved in every checkpoint; auto streams a split larger than '
+     'data.memory_limit_gb. Both give the same batches for the same seed and step.'),
+    ('data.memory_limit_gb', 4.0, "data.input='auto': a training split of more uint8 bytes than "
+     'this streams.'),
+    ('data.workers', 0, 'Streaming: grain worker processes that read and decode (0: threads of '
+     'the training process).'),
+    ('data.prefetch', 2, 'Streaming: calls of train.steps_per_call batches read ahead.'),
     ('data.data_dir', '', "TFDS's data directory; '' reads $TFDS_DATA_DIR, else TFDS's default "
      '(~/tensorflow_datasets).'),
     ('data.binarization', 'dynamic', f'One of {BINARIZATIONS}: static (as stored, or thresholded '
@@ -412,11 +431,15 @@ def validate(config, num_devices=None):
   _check(config.model.likelihood not in ('bernoulli', 'local_bernoulli') or binary,
          'model.likelihood', f"{config.model.likelihood!r} needs binary data "
          "(data.binarization 'static' or 'dynamic')")
+  bits = config.data.get('bits', 8)
+  _check(bits == 8 or config.model.likelihood == 'gaussian', 'data.bits',
+         f'{bits}-bit data need a likelihood with 2**{bits} levels: model.likelihood='
+         f"'gaussian' (dequantised); {config.model.likelihood!r} has 256 bins")
   try:
+    shape = data.image_shape(config.data)
     models.validate_config(config.model, has_labels=data.has_labels(config.data.name),
-                           channels=data.IMAGE_SHAPES[config.data.name][-1],
-                           image_size=data.IMAGE_SHAPES[config.data.name][0])
-  except models.ModelConfigError as e:
+                           channels=shape[-1], image_size=shape[0])
+  except (models.ModelConfigError, data.DatasetError) as e:
     raise ConfigError(str(e)) from None
 
   try:
@@ -524,12 +547,15 @@ def _validate_disentangling(config):
 def steps_per_epoch(config) -> int:
   """Whole train steps per pass over config.data.train_split at config.train.batch_size
   (train.num_epochs counts epochs in these), known before any data is read."""
-  sizes = data.SPLIT_SIZES.get(config.data.name, {})
-  if config.data.train_split not in sizes:
+  try:
+    size = data.split_size(config.data, config.data.train_split)
+  except data.DatasetError as e:
+    raise ConfigError(str(e)) from None
+  if size is None:
     raise ConfigError(f'config.data.train_split: the size of {config.data.name}\'s '
                       f'{config.data.train_split!r} split is not known before it is read; '
                       'give durations in steps')
-  return sizes[config.data.train_split] // config.train.batch_size
+  return size // config.train.batch_size
 
 
 def steps(config, *, steps=None, epochs=None, examples=None) -> int:

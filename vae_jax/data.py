@@ -1,8 +1,12 @@
-"""Datasets -> uint8 arrays (and labels) in memory, the example order, binarisation.
+"""Datasets -> uint8 arrays (and labels), the example order, binarisation.
 
-Every dataset here fits in memory, so `load` reads it once into uint8 numpy
-arrays and the train step gathers its batch by index on device. The order is a
-pure function of (seed, epoch), so resuming needs only the step number.
+Two input paths, one order. In memory (data.input 'memory', and 'auto' for a
+training split up to data.memory_limit_gb): `load` reads the split once into
+uint8 numpy arrays and the train step gathers its batch by index on device.
+Streamed (stream.py, 'stream' and 'auto' above the limit): grain reads each
+step's batch from the same source (sources.py), each process only its own part.
+Either way the order is a pure function of (seed, epoch), so a step's batch is
+the same on both paths and resuming needs only the step number.
 
 TFDS datasets are read through `tfds.builder(...).as_data_source`, the steps of
 `tfds.data_source` with one builder to ask whether the dataset is prepared
@@ -38,6 +42,7 @@ import tensorflow_datasets as tfds
 
 from vae_jax import caches
 from vae_jax import logs as vlog
+from vae_jax import sources
 
 
 def _not_opencv_advice(record) -> bool:
@@ -49,17 +54,27 @@ def _not_opencv_advice(record) -> bool:
 logging.getLogger('absl').addFilter(_not_opencv_advice)
 
 DATASETS = ('embedded_mnist', 'binarized_mnist', 'mnist', 'fashion_mnist', 'cifar10',
-            'rendered_shapes', 'dsprites', 'shapes3d')
+            'rendered_shapes', 'dsprites', 'shapes3d', 'svhn', 'celeb_a', 'imagenet32',
+            'imagenet64', 'omniglot', 'folder', 'npz')
+# A user's own images: a folder of image files or an .npz of uint8 arrays (data.path),
+# one subfolder / array per split.
+USER_DATA = ('folder', 'npz')
+INPUTS = ('auto', 'memory', 'stream')
+# Read whole into every process (their generated or factor data stay in memory).
+_MEMORY_ONLY = ('embedded_mnist', 'rendered_shapes', 'dsprites', 'shapes3d')
 BINARIZATIONS = ('static', 'dynamic', 'none')
 # Classes of each labelled dataset; binarized_mnist has no labels. A table, so
 # config validation can ask without reading any data (`load` checks the labels).
-NUM_CLASSES = {'embedded_mnist': 10, 'mnist': 10, 'fashion_mnist': 10, 'cifar10': 10}
+NUM_CLASSES = {'embedded_mnist': 10, 'mnist': 10, 'fashion_mnist': 10, 'cifar10': 10,
+               'svhn': 10}
 
 # Each dataset's image shape [H, W, C], known without reading it (config
 # validation checks a model against it).
 IMAGE_SHAPES = {'embedded_mnist': (28, 28, 1), 'binarized_mnist': (28, 28, 1),
                 'mnist': (28, 28, 1), 'fashion_mnist': (28, 28, 1), 'cifar10': (32, 32, 3),
-                'rendered_shapes': (32, 32, 1), 'dsprites': (64, 64, 1), 'shapes3d': (64, 64, 3)}
+                'rendered_shapes': (32, 32, 1), 'dsprites': (64, 64, 1), 'shapes3d': (64, 64, 3),
+                'svhn': (32, 32, 3), 'celeb_a': (64, 64, 3), 'imagenet32': (32, 32, 3),
+                'imagenet64': (64, 64, 3), 'omniglot': (28, 28, 1)}
 
 # The sizes of the splits of the datasets whose sizes are fixed, for configs that give
 # durations in epochs (config.steps) before any data is read.
@@ -69,6 +84,13 @@ SPLIT_SIZES = {
     'mnist': {'train': 60_000, 'test': 10_000},
     'fashion_mnist': {'train': 60_000, 'test': 10_000},
     'cifar10': {'train': 50_000, 'test': 10_000},
+    'svhn': {'train': 73_257, 'test': 26_032, 'extra': 531_131},
+    'celeb_a': {'train': 162_770, 'validation': 19_867, 'test': 19_962},
+    'imagenet32': {'train': 1_281_167, 'validation': 50_000},
+    'imagenet64': {'train': 1_281_167, 'validation': 50_000},
+    # TFDS's omniglot: the background set (train) and the evaluation set (test) of
+    # Lake et al.; Burda et al. used another split (24,345 / 8,070).
+    'omniglot': {'train': 19_280, 'test': 13_180, 'small1': 2_720, 'small2': 3_120},
 }
 
 # The ground-truth factors of the datasets that have them: (name, number of
@@ -100,6 +122,13 @@ _ALLOWED_BINARIZATIONS = {
     'rendered_shapes': ('static',),
     'dsprites': ('static',),
     'shapes3d': ('none',),
+    'svhn': ('none',),
+    'celeb_a': ('none',),
+    'imagenet32': ('none',),
+    'imagenet64': ('none',),
+    'omniglot': BINARIZATIONS,
+    'folder': BINARIZATIONS,
+    'npz': BINARIZATIONS,
 }
 _EMBEDDED_SPLITS = (('train_split', 'train'), ('eval_split', 'test'))
 _EMBEDDED_EVAL_EVERY = 10  # Every 10th digit of each class is held out: 4,500 / 500.
@@ -123,13 +152,18 @@ class Dataset:
   [N, F] ground-truth factor values (FACTORS), or None.
   """
   name: str
-  train: np.ndarray
+  train: Optional[np.ndarray]
   eval: np.ndarray
   binarization: str
   train_labels: Optional[np.ndarray] = None
   eval_labels: Optional[np.ndarray] = None
   train_factors: Optional[np.ndarray] = None
   eval_factors: Optional[np.ndarray] = None
+  # Pixel values of 'none' data are quantised to `bits` bits (0 .. 2**bits - 1).
+  bits: int = 8
+  # The streamed training split (data.input 'stream'): `train` is then None and the
+  # batches come from stream.py, read from this source.
+  train_source: Optional[sources.Source] = None
 
   @property
   def factor_names(self) -> tuple:
@@ -141,11 +175,19 @@ class Dataset:
 
   @property
   def image_shape(self) -> tuple:
-    return tuple(self.train.shape[1:])
+    return tuple(self.eval.shape[1:])
+
+  @property
+  def streamed(self) -> bool:
+    return self.train is None
 
   @property
   def num_train(self) -> int:
-    return len(self.train)
+    return len(self.train) if self.train is not None else len(self.train_source)
+
+  @property
+  def levels(self) -> int:
+    return levels(self.binarization, self.bits)
 
   @property
   def num_eval(self) -> int:
@@ -154,6 +196,8 @@ class Dataset:
   @property
   def num_classes(self) -> int:
     """Classes of the labels (0 without labels): the table, else the labels' max + 1."""
+    if self.name in NUM_CLASSES and self.streamed:
+      return NUM_CLASSES[self.name]
     if self.train_labels is None:
       return 0
     if self.name in NUM_CLASSES:
@@ -191,12 +235,135 @@ def validate_spec(data_config) -> None:
         raise DatasetError(
             f'config.data.{field}: embedded_mnist has only the splits train (4,500 '
             f'digits) and test (500 digits); expected {expected!r}, got {data_config[field]!r}')
+  _validate_input(data_config)
+
+
+def _validate_input(data_config) -> None:
+  """The fields of the input path: data.input, workers, bits, path (older configs lack them)."""
+  name, get = data_config.name, data_config.get
+  mode = get('input', 'memory')
+  if mode not in INPUTS:
+    raise DatasetError(f'config.data.input: {mode!r} is not one of {INPUTS}')
+  if mode == 'stream' and name in _MEMORY_ONLY:
+    raise DatasetError(f"config.data.input: {name} is read into memory (it is generated or "
+                       "its factors are scored whole); use 'memory' or 'auto'")
+  for field, minimum in (('workers', 0), ('prefetch', 1)):
+    value = get(field, minimum)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+      raise DatasetError(f'config.data.{field}: expected an int >= {minimum}, got {value!r}')
+  limit = get('memory_limit_gb', 1.0)
+  if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0:
+    raise DatasetError(f'config.data.memory_limit_gb: expected a positive number, got {limit!r}')
+  bits = get('bits', 8)
+  if isinstance(bits, bool) or bits not in range(1, 9):
+    raise DatasetError(f'config.data.bits: expected an int from 1 to 8, got {bits!r}')
+  if bits < 8 and data_config.binarization != 'none':
+    raise DatasetError(f"config.data.bits: {bits}-bit quantisation applies to 'none' data "
+                       f'(intensities), not to binarization {data_config.binarization!r}')
+  path = get('path', '')
+  if name in USER_DATA and not path:
+    raise DatasetError(f'config.data.path: data.name={name!r} reads '
+                       f'{"a folder of images" if name == "folder" else "an .npz file"}; '
+                       'name it with --config.data.path=...')
+  if name not in USER_DATA and path:
+    raise DatasetError(f"config.data.path: read only when data.name is 'folder' or 'npz', "
+                       f'not {name!r}; remove it')
+  if not isinstance(get('skip_unreadable', False), bool):
+    raise DatasetError('config.data.skip_unreadable: expected True or False, got '
+                       f'{get("skip_unreadable")!r}')
+  if get('skip_unreadable', False) and name != 'folder':
+    raise DatasetError("config.data.skip_unreadable: applies to data.name='folder' only")
+
+
+def _user_source(data_config, split: str) -> sources.Source:
+  """The folder's subfolder `split`, or the .npz's array `split`."""
+  path = os.path.abspath(os.path.expanduser(data_config.path))
+  where = os.path.join(path, split) if data_config.name == 'folder' else path
+  try:
+    stat = os.stat(where)
+    stamp = (stat.st_mtime_ns, stat.st_size)  # A file replaced (or files added) is reopened.
+  except OSError:
+    stamp = None
+  return _open_user_source(data_config.name, path, split, data_config.binarization,
+                           data_config.get('bits', 8), data_config.get('skip_unreadable', False),
+                           stamp)
+
+
+@functools.lru_cache(maxsize=8)
+def _open_user_source(name, path, split, binarization, bits, skip_unreadable, stamp):
+  del stamp  # Part of the cache key only.
+  # Cached: validation, the size for data.input='auto' and the loader all ask, and a
+  # folder is opened by reading every file's header.
+  finish = functools.partial(finish_images, name=name, binarization=binarization, bits=bits)
+  try:
+    if name == 'folder':
+      return sources.FolderSource.open(os.path.join(path, split), skip_unreadable, finish)
+    return sources.NpzSource.open(path, split, finish)
+  except sources.SourceError as e:
+    raise DatasetError(f'config.data.path: {e}') from None
+
+
+def image_shape(data_config) -> tuple:
+  """[H, W, C] of the dataset's images: the table, or a user's data's first header."""
+  if data_config.name in USER_DATA:
+    return tuple(_user_source(data_config, data_config.train_split).shape)
+  return IMAGE_SHAPES[data_config.name]
+
+
+def split_size(data_config, split: str) -> Optional[int]:
+  """Examples of `split`, when known without reading the data (else None)."""
+  if data_config.name in USER_DATA:
+    return len(_user_source(data_config, split))
+  return SPLIT_SIZES.get(data_config.name, {}).get(split)
+
+
+def input_mode(data_config) -> str:
+  """'memory' or 'stream': data.input, with 'auto' choosing by the training split's size
+  (uint8 bytes) against data.memory_limit_gb; a split of unknown size stays in memory."""
+  mode = data_config.get('input', 'memory')
+  if mode != 'auto':
+    return mode
+  if data_config.name in _MEMORY_ONLY:
+    return 'memory'
+  n = split_size(data_config, data_config.train_split)
+  if n is None:
+    return 'memory'
+  size = n * int(np.prod(image_shape(data_config)))
+  return 'memory' if size <= data_config.get('memory_limit_gb', 4.0) * 2**30 else 'stream'
+
+
+def finish_images(images: np.ndarray, name: str, binarization: str, bits: int = 8) -> np.ndarray:
+  """Decoded uint8 images -> what the step reads: 'static' thresholded at 1/2 (unless
+  stored 0/1), 'none' quantised to `bits` bits (v >> (8 - bits), as Glow's 5-bit data)."""
+  if binarization == 'static' and name not in _STORED_BINARY:
+    images = (images > 127).astype(np.uint8)
+  if bits < 8:
+    images = images >> (8 - bits)
+  return images
 
 
 def load(data_config) -> Dataset:
-  """Reads the train and eval splits named in `data_config` (cached per process)."""
+  """Reads the train and eval splits named in `data_config` (cached per process).
+
+  With data.input 'stream' (or 'auto' over the limit) only the eval split is read;
+  the training split is opened as a source for stream.py.
+  """
   validate_spec(data_config)
   name, binarization = data_config.name, data_config.binarization
+  bits = data_config.get('bits', 8)
+  streamed = input_mode(data_config) == 'stream'
+  train_source = None
+  if name in USER_DATA:
+    train_source = _user_source(data_config, data_config.train_split)
+    train = None if streamed else _read_only(_read_all(train_source))
+    evaluation = _read_only(_read_all(_user_source(data_config, data_config.eval_split)))
+    train_labels = eval_labels = None
+    if train_source.shape != evaluation.shape[1:]:
+      raise DatasetError(f'config.data.path: split {data_config.eval_split!r} has images of '
+                         f'shape {evaluation.shape[1:]}, split {data_config.train_split!r} '
+                         f'{tuple(train_source.shape)}')
+    return Dataset(name, train, evaluation, binarization, bits=bits,
+                   train_source=train_source if streamed else None)
   if name == 'embedded_mnist':
     (train, train_labels), (evaluation, eval_labels) = (
         (_binarize_at_load(images, name, binarization), labels)
@@ -209,19 +376,33 @@ def load(data_config) -> Dataset:
     if data_config.download:
       _prepare_if_missing(name, data_dir)
     cache = data_config.get('cache', True)  # Older workdirs' configs lack the field.
-    train, train_labels = _tfds_split(name, data_dir, data_config.train_split, binarization,
-                                      cache)
+    if streamed:
+      train, train_labels = None, None
+      train_source = _tfds_source(name, data_dir, data_config.train_split, binarization, bits)
+    else:
+      train, train_labels = _tfds_split(name, data_dir, data_config.train_split, binarization,
+                                        cache, bits)
     evaluation, eval_labels = _tfds_split(name, data_dir, data_config.eval_split, binarization,
-                                          cache)
+                                          cache, bits)
   for split, images in ((data_config.train_split, train), (data_config.eval_split, evaluation)):
-    if tuple(images.shape[1:]) != IMAGE_SHAPES[name]:
+    if images is not None and tuple(images.shape[1:]) != IMAGE_SHAPES[name]:
       raise DatasetError(f'dataset {name!r}: split {split!r} has images of shape '
                          f'{tuple(images.shape[1:])}, not {IMAGE_SHAPES[name]}')
   if name in FACTORS:
     keep = factor_eval_subset(name, len(train))
     return Dataset(name, train, _read_only(train[keep]), binarization,
                    train_factors=train_labels, eval_factors=_read_only(train_labels[keep]))
-  return Dataset(name, train, evaluation, binarization, train_labels, eval_labels)
+  return Dataset(name, train, evaluation, binarization, train_labels, eval_labels, bits=bits,
+                 train_source=train_source)
+
+
+def _read_all(source: sources.Source) -> np.ndarray:
+  """Every example of a user's source, in blocks of _READ_CHUNK."""
+  try:
+    return np.concatenate([source.read(range(start, min(start + _READ_CHUNK, len(source))))[0]
+                           for start in range(0, len(source), _READ_CHUNK)])
+  except sources.SourceError as e:
+    raise DatasetError(f'config.data.path: {e}') from None
 
 
 def factor_eval_subset(name: str, n: int) -> np.ndarray:
@@ -234,6 +415,7 @@ def factor_eval_subset(name: str, n: int) -> np.ndarray:
 def clear_cache() -> None:
   """Forgets every split read so far (tests that mock TFDS call this)."""
   _tfds_split.cache_clear()
+  _open_user_source.cache_clear()
   _embedded_mnist.cache_clear()
   _rendered_shapes.cache_clear()
 
@@ -252,9 +434,7 @@ def _read_only(array: np.ndarray) -> np.ndarray:
 
 def _binarize_at_load(images: np.ndarray, name: str, binarization: str) -> np.ndarray:
   """'static' thresholds 0..255 intensities at 1/2, once; _STORED_BINARY data are 0/1 already."""
-  if binarization == 'static' and name not in _STORED_BINARY:
-    images = (images > 127).astype(np.uint8)
-  return _read_only(images)
+  return _read_only(finish_images(images, name, binarization))
 
 
 @functools.lru_cache(maxsize=1)
@@ -327,14 +507,15 @@ def _builder(name: str, data_dir: str):
   # No file_format here: TFDS refuses to open a tfrecord-first folder with
   # file_format='array_record', even when array_record shards were added beside
   # (tfds convert_format), while as_data_source picks any random-access format.
-  return tfds.builder(name, data_dir=data_dir)
+  return tfds.builder(sources.tfds_name(name), data_dir=data_dir)
 
 
 def _prepare_command(name: str, data_dir: str) -> str:
   # The tfds CLI and these builders (tf.io.gfile) import TensorFlow, and TFDS
   # 4.9.10 imports importlib_resources without declaring it for Python >= 3.9.
   return (f'pip install tensorflow importlib_resources && '
-          f'tfds build {name} --data_dir={data_dir} --file_format=array_record')
+          f'tfds build {sources.tfds_name(name)} --data_dir={data_dir} '
+          '--file_format=array_record')
 
 
 def _not_prepared_message(name: str, data_dir: str, searched: str, reason: str) -> str:
@@ -359,15 +540,8 @@ def _prepare_if_missing(name: str, data_dir: str) -> None:
         f'download_and_prepare failed with {vlog.brief(e)}')) from e
 
 
-@functools.lru_cache(maxsize=8)
-def _tfds_split(name: str, data_dir: str, split: str, binarization: str,
-                cache: bool = True) -> tuple:
-  """One TFDS split: (read-only uint8 [N, H, W, C] images, int32 [N] labels or None).
-
-  With `cache`, the decoded split comes from (or goes to) the user cache
-  (`split_cache_path`): a start that would decode 50,000 records one by one
-  reads one file instead.
-  """
+def _open_tfds(name: str, data_dir: str, split: str):
+  """(builder, its data source of `split`), or the DatasetError that says why not."""
   builder = _builder(name, data_dir)
   try:
     source = builder.as_data_source(split=split)
@@ -375,6 +549,28 @@ def _tfds_split(name: str, data_dir: str, split: str, binarization: str,
     raise _unreadable(builder, name, data_dir, split, e) from e
   if len(source) == 0:
     raise DatasetError(f'dataset {name!r}: split {split!r} in {data_dir} has no examples')
+  return builder, source
+
+
+def _tfds_source(name: str, data_dir: str, split: str, binarization: str,
+                 bits: int) -> sources.TfdsSource:
+  """The streamed training split: a source that reads (and finishes) records by index."""
+  _, source = _open_tfds(name, data_dir, split)
+  finish = functools.partial(finish_images, name=name, binarization=binarization, bits=bits)
+  return sources.TfdsSource(finish=finish, name=name, data_dir=data_dir, split=split,
+                            label_keys=_label_keys(name), length=len(source))
+
+
+@functools.lru_cache(maxsize=8)
+def _tfds_split(name: str, data_dir: str, split: str, binarization: str,
+                cache: bool = True, bits: int = 8) -> tuple:
+  """One TFDS split: (read-only uint8 [N, H, W, C] images, int32 [N] labels or None).
+
+  With `cache`, the decoded split comes from (or goes to) the user cache
+  (`split_cache_path`): a start that would decode 50,000 records one by one
+  reads one file instead.
+  """
+  builder, source = _open_tfds(name, data_dir, split)
   label_keys = _label_keys(name)
   with_labels = bool(label_keys)
   cached = _read_cached_split(builder, name, split, len(source), with_labels) if cache else None
@@ -382,7 +578,7 @@ def _tfds_split(name: str, data_dir: str, split: str, binarization: str,
     images, labels = cached
   else:
     try:
-      images, labels = _read_split(source, label_keys)
+      images, labels = _read_split(source, name, label_keys)
     except Exception as e:  # pylint: disable=broad-except  # Truncated or damaged files.
       raise _damaged(builder, name, data_dir, split, e) from e
     if cache:
@@ -397,7 +593,7 @@ def _tfds_split(name: str, data_dir: str, split: str, binarization: str,
             f'dataset {name!r}: split {split!r} in {data_dir} has {factor} '
             f'{int(column[bad][0])}, outside [0, {size})')
     labels = _read_only(labels)
-  return _binarize_at_load(images, name, binarization), labels
+  return _read_only(finish_images(images, name, binarization, bits)), labels
 
 
 def _source_fingerprint(builder) -> list:
@@ -541,7 +737,7 @@ def _label_keys(name: str) -> tuple:
   return ('label',) if name in NUM_CLASSES else ()
 
 
-def _read_split(source, label_keys: tuple) -> tuple:
+def _read_split(source, name: str, label_keys: tuple) -> tuple:
   """(uint8 images, int32 labels or None): every record's 'image' and `label_keys`:
   labels [N] for ('label',), [N, F] for F factors.
 
@@ -551,7 +747,7 @@ def _read_split(source, label_keys: tuple) -> tuple:
   labels = np.empty((n, len(label_keys)), np.int32)
   for start in range(0, n, _READ_CHUNK):
     records = _read_records(source, range(start, min(start + _READ_CHUNK, n)))
-    block = np.stack([np.asarray(r['image'], np.uint8) for r in records])
+    block = np.stack([sources.decode(name, r['image']) for r in records])
     if images is None:
       images = np.empty((n,) + block.shape[1:], np.uint8)
     images[start:start + len(block)] = block
@@ -620,17 +816,17 @@ def batch_indices_for_steps(seed: int, first_step: int, num_steps: int, batch_si
   return np.concatenate(blocks)
 
 
-def levels(binarization: str) -> int:
-  """Distinct pixel values after `binarization`: 2 (binary pixels) or 256 (8-bit)."""
+def levels(binarization: str, bits: int = 8) -> int:
+  """Distinct pixel values after `binarization`: 2 (binary pixels) or 2**bits."""
   if binarization in ('static', 'dynamic'):
     return 2
   if binarization == 'none':
-    return 256
+    return 2**bits
   raise ValueError(f'binarization {binarization!r} is not one of {BINARIZATIONS}')
 
 
 def _pixel_values(x: jax.Array, binarization: str, key) -> jax.Array:
-  """float32 integer pixel values: 0/1 after binarisation, or 0..255 for 'none'."""
+  """float32 integer pixel values: 0/1 after binarisation, or 0..2**bits - 1 for 'none'."""
   if binarization in ('static', 'none'):
     return x
   if binarization == 'dynamic':
@@ -650,10 +846,11 @@ def _dequantize(values: jax.Array, num_levels: int, key) -> jax.Array:
   return noisy / num_levels  # A power of two: exact, so floor(y * levels) == v.
 
 
-def to_float(images, binarization: str, key=None, dequantize: bool = False) -> jax.Array:
+def to_float(images, binarization: str, key=None, dequantize: bool = False,
+             bits: int = 8) -> jax.Array:
   """uint8 images -> float32 in [0, 1], as the dataset's binarization says.
 
-  'static': the stored 0/1 values; 'none': intensity / 255; 'dynamic': a fresh
+  'static': the stored 0/1 values; 'none': value / (2**bits - 1); 'dynamic': a fresh
   Bernoulli(intensity / 255) draw from `key`, so every step sees a different
   binarisation of the same digits (as in Burda et al., 2016, "Importance
   Weighted Autoencoders").
@@ -666,8 +863,8 @@ def to_float(images, binarization: str, key=None, dequantize: bool = False) -> j
   x = jnp.asarray(images).astype(jnp.float32)
   if not dequantize:
     values = _pixel_values(x, binarization, key)
-    return values / 255.0 if binarization == 'none' else values
-  num_levels = levels(binarization)
+    return values / float(2**bits - 1) if binarization == 'none' else values
+  num_levels = levels(binarization, bits)
   if key is None:
     raise ValueError('dequantize=True needs a PRNG key for the uniform noise')
   if binarization == 'dynamic':
@@ -687,8 +884,8 @@ def fixed_eval_images(dataset: Dataset, seed: int, dequantize: bool = False) -> 
   """
   key = jax.random.fold_in(jax.random.key(seed), _EVAL_BINARIZATION_STREAM)
   if not dequantize:
-    return np.asarray(to_float(dataset.eval, dataset.binarization, key))
-  num_levels = levels(dataset.binarization)
+    return np.asarray(to_float(dataset.eval, dataset.binarization, key, bits=dataset.bits))
+  num_levels = dataset.levels
   values = _pixel_values(jnp.asarray(dataset.eval).astype(jnp.float32),
                          dataset.binarization, key)
   noise_key = jax.random.fold_in(key, _EVAL_DEQUANTIZATION_STREAM)

@@ -82,7 +82,7 @@ def root_keys(seed):
 def build_experiment(config) -> Experiment:
   dataset = data.load(config.data)
   model = models.make_model(config.model, dataset.image_shape,
-                            levels=data.levels(dataset.binarization),
+                            levels=dataset.levels,
                             num_classes=dataset.num_classes)
   num_steps, steps_per_epoch = resolve_num_steps(config.train, dataset.num_train)
   tx = optim.make_optimizer(config.optimizer, num_steps,

@@ -232,6 +232,27 @@ def put_batch(array: np.ndarray, mesh: Mesh, batch_axis: int = 0):
   return _global_array(np.asarray(array), batch_sharded(mesh, batch_axis))
 
 
+def process_rows(mesh: Mesh, batch_size: int) -> tuple:
+  """(start, stop): the rows of a global batch that this process's devices hold under
+  `batch_sharded` (one contiguous block; the streaming path reads only these)."""
+  index_map = batch_sharded(mesh).addressable_devices_indices_map((batch_size,))
+  starts = [index[0].start or 0 for index in index_map.values()]
+  stops = [batch_size if index[0].stop is None else index[0].stop for index in index_map.values()]
+  start, stop = min(starts), max(stops)
+  if stop - start != sum(b - a for a, b in set(zip(starts, stops))):
+    raise ValueError(f"this process's devices hold rows that are not contiguous in {index_map}")
+  return start, stop
+
+
+def put_local_batch(local: np.ndarray, mesh: Mesh, batch_axis: int, batch_size: int):
+  """The global batch array from this process's rows (`process_rows`) along `batch_axis`."""
+  sharding = batch_sharded(mesh, batch_axis)
+  if jax.process_count() == 1:
+    return jax.device_put(local, sharding)
+  global_shape = local.shape[:batch_axis] + (batch_size,) + local.shape[batch_axis + 1:]
+  return jax.make_array_from_process_local_data(sharding, local, global_shape)
+
+
 def _global_array(array: np.ndarray, sharding: NamedSharding):
   if jax.process_count() == 1:
     return jax.device_put(array, sharding)

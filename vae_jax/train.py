@@ -29,6 +29,7 @@ from vae_jax import optim
 from vae_jax import replicas
 from vae_jax import sampling
 from vae_jax import sharding
+from vae_jax import stream as stream_lib
 from vae_jax import trackers
 from vae_jax import workdir as workdir_lib
 
@@ -70,6 +71,9 @@ def scan_unroll(config):
 def make_train_step(exp: experiment.Experiment):
   """(state, train_images, indices [T, B], key, train_labels=None) -> (state, metrics [T]).
 
+  Streamed data (data.input 'stream'): (state, batches [T, B, H, W, C], None, key,
+  batch labels [T, B] or None), the batches those indices would have gathered.
+
   Runs T steps in one `lax.scan`. The key of step s is fold_in(key, s), split
   into the binarisation draw and the reparameterisation draw, so a step's
   randomness does not depend on how steps are grouped into calls. A step whose
@@ -94,11 +98,17 @@ def make_train_step(exp: experiment.Experiment):
   shared = exp.shared
   skip_threshold = float(c.optimizer.get('skip_threshold', 0.0))
 
+  bits = exp.dataset.bits
+  streamed = exp.dataset.streamed
+
   def train_step(state, images, indices, key, labels=None):
-    def one_step(state, idx):
+    def one_step(state, xs):
       data_key, sample_key = jax.random.split(jax.random.fold_in(key, state.step))
-      x = data.to_float(images[idx], binarization, data_key, dequantize=dequantize)
-      batch_labels = None if labels is None else labels[idx]
+      if streamed:  # The batch itself, read by stream.py.
+        batch, batch_labels = xs
+      else:  # Its indices into the dataset held on device.
+        batch, batch_labels = images[xs], None if labels is None else labels[xs]
+      x = data.to_float(batch, binarization, data_key, dequantize=dequantize, bits=bits)
       (loss, metrics), grads = grad_fn(state.params, x, sample_key, state.step, batch_labels)
       grad_norm = optax.global_norm(grads)
       finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -140,18 +150,26 @@ def make_train_step(exp: experiment.Experiment):
         metrics['skipped'] = (finite & ~ok).astype(jnp.float32)
       return experiment.TrainState(state.step + 1, params, opt_state), metrics
 
-    return jax.lax.scan(one_step, state, indices, unroll=scan_unroll(exp.config))
+    xs = (images, labels) if streamed else indices
+    return jax.lax.scan(one_step, state, xs, unroll=scan_unroll(exp.config))
 
   step_fn = train_step
   if multi:
     axes = replicas.state_axes(experiment.abstract_state(exp), shared)
-    vmapped = jax.vmap(train_step, in_axes=(axes, None, 0, 0, None), out_axes=(axes, 0),
+    # In memory the replicas share the dataset and each has its indices; streamed,
+    # each has its batches (and labels) and there are no indices.
+    in_axes = (axes, 0, None, 0, 0) if streamed else (axes, None, 0, 0, None)
+    vmapped = jax.vmap(train_step, in_axes=in_axes, out_axes=(axes, 0),
                        axis_name=replicas.AXIS)
 
     def step_fn(state, images, indices, key, labels=None):
       return vmapped(state, images, indices, key, labels)
   return jax.jit(step_fn, donate_argnums=(0,),
                  compiler_options=step_compiler_options(exp.config))
+
+
+# The checkpoint metadata key of the data stream's position (stream.Stream.state).
+STREAM_METADATA = 'data_stream'
 
 
 class _Preemption:
@@ -262,9 +280,13 @@ class Trainer:
     self.main = sharding.is_main_process()
     self.layout = replicas.Layout(self.exp.seeds, self.exp.shared)
     self.replicas = [self._replica(seed) for seed in self.exp.seeds]
-    self.train_images = sharding.put_replicated(self.exp.dataset.train, self.mesh)
-    labels = experiment.labels_of(self.exp, self.exp.dataset.train_labels)
-    self.train_labels = None if labels is None else sharding.put_replicated(labels, self.mesh)
+    self.stream = None  # Streamed data: opened by initial_state, at the step it resumes.
+    if self.exp.dataset.streamed:
+      self.train_images = self.train_labels = None
+    else:
+      self.train_images = sharding.put_replicated(self.exp.dataset.train, self.mesh)
+      labels = experiment.labels_of(self.exp, self.exp.dataset.train_labels)
+      self.train_labels = None if labels is None else sharding.put_replicated(labels, self.mesh)
     self.train_keys = self.layout.join([r.keys['train'] for r in self.replicas])
     self.step_fn = make_train_step(self.exp)
     self.record_final = True  # False for a finished run launched again (set by the loop).
@@ -314,15 +336,42 @@ class Trainer:
     if restored is None:
       states = [experiment.init_state(self.exp, r.seed) for r in self.replicas]
       targets = [sharding.put_replicated(s, self.mesh) for s in states]
+      step, metadata = 0, None
     else:
-      step, targets = restored
+      step, targets, metadata = restored
       for r in self.replicas:
         r.last_saved_step = step
       vlog.info(f'Resumed from {self.layout.checkpoints(self.workdir)} at step {step}.')
+    if self.exp.dataset.streamed:
+      self.open_stream(step, (metadata or {}).get(STREAM_METADATA))
     return sharding.put_replicated(self.layout.stack(targets), self.mesh)
+
+  def open_stream(self, step, saved=None):
+    """The streamed training data from `step` (the grain state `saved` in the checkpoint
+    restored where it applies)."""
+    c = self.config
+    self.stream = stream_lib.Stream(
+        self.exp.dataset.train_source, seeds=self.exp.seeds, batch_size=c.train.batch_size,
+        rows=sharding.process_rows(self.mesh, c.train.batch_size),
+        num_steps=self.exp.num_steps, first_step=step, workers=c.data.workers,
+        prefetch_steps=c.data.prefetch * c.train.steps_per_call,
+        process_count=jax.process_count(), saved=saved)
+    if self.stream.note:
+      vlog.info(f'Note: {self.stream.note}.')
 
   def run_call(self, state, step, num):
     c = self.config.train
+    if self.stream is not None:
+      images, labels = self.stream.take(num)  # [S, T, R, ...]: each seed's rows of T steps.
+      join = lambda a: self.layout.join(list(a))  # pylint: disable=unnecessary-lambda-assignment
+      images = sharding.put_local_batch(join(images), self.mesh, self.layout.batch_axis,
+                                        c.batch_size)
+      if labels is not None and experiment.labels_of(self.exp, labels) is not None:
+        labels = sharding.put_local_batch(join(labels), self.mesh, self.layout.batch_axis,
+                                          c.batch_size)
+      else:
+        labels = None
+      return self.step_fn(state, images, None, self.train_keys, labels)
     indices = [data.batch_indices_for_steps(seed, step, num, c.batch_size,
                                             self.exp.dataset.num_train)
                for seed in self.exp.seeds]
@@ -339,9 +388,10 @@ class Trainer:
     return list(zip(self.replicas, self.layout.split(params)))
 
   def save(self, state, step, force=False):
+    metadata = None if self.stream is None else {STREAM_METADATA: self.stream.state()}
     for r, s in self.replica_states(state):
       if step != r.last_saved_step:
-        r.ckpt.save(step, s.to_dict(), force=force)
+        r.ckpt.save(step, s.to_dict(), force=force, metadata=metadata)
         r.last_saved_step = step
 
   def wait_for_saves(self):
@@ -349,13 +399,15 @@ class Trainer:
       r.ckpt.wait_until_finished()
 
   def close(self):
-    """Waits for the last saves (raising if one failed), then closes the logs."""
+    """Waits for the last saves (raising if one failed), then closes the logs and the stream."""
     try:
       for r in self.replicas:
         r.ckpt.close()
     finally:
       for r in self.replicas:
         r.writer.close()
+      if self.stream is not None:
+        self.stream.close()
 
   def evaluate(self, params, step, record=True):
     """Held-out ELBO of every replica, logged per replica (with `record`, also written to
@@ -401,7 +453,8 @@ def class_rows(model, num):
 
 
 def _restore_common_step(replicas, targets):
-  """(step, restored states) at the newest step every replica can restore, or None.
+  """(step, restored states, the first one's metadata) at the newest step every replica
+  can restore, or None.
 
   One replica: its latest readable step (unreadable ones are set aside). Several:
   a run stopped between two replicas' saves may leave the last step in only
@@ -412,8 +465,8 @@ def _restore_common_step(replicas, targets):
     restored = replicas[0].ckpt.restore_latest_valid(targets[0].to_dict())
     if restored is None:
       return None
-    step, tree, _ = restored
-    return step, [experiment.TrainState(**tree)]
+    step, tree, metadata = restored
+    return step, [experiment.TrainState(**tree)], metadata
   held = [set(r.ckpt.all_steps()) for r in replicas]
   if not any(held):
     return None
@@ -424,18 +477,19 @@ def _restore_common_step(replicas, targets):
           'the replicas hold no checkpoint step in common: ' + '; '.join(
               f'{r.ckpt.directory}: {sorted(h)}' for r, h in zip(replicas, held)))
     step = max(common)
-    states = []
+    states, metadata = [], []
     for r, h, target in zip(replicas, held, targets):
       try:
-        _, tree, _ = r.ckpt.restore(target.to_dict(), step)
+        _, tree, saved = r.ckpt.restore(target.to_dict(), step)
       except checkpoint.CorruptCheckpointError as e:
         logging.warning('%s; setting it aside.', e)
         r.ckpt.set_aside(step)
         h.discard(step)
         break
       states.append(experiment.TrainState(**tree))
+      metadata.append(saved)
     else:
-      return step, states
+      return step, states, metadata[0]
 
 
 def train_and_evaluate(config, workdir) -> dict:

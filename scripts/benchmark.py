@@ -215,8 +215,15 @@ def layer_flops(model, params, image_shape):
   for path, kernel in flax.traverse_util.flatten_dict(params).items():
     if path[-1] != 'kernel':
       continue
-    out = outputs[path[:-1] + ('__call__',)][0]
-    flops = 2 * math.prod(kernel.shape) * math.prod(out.shape[1:-1])
+    out = outputs.get(path[:-1] + ('__call__',))
+    # Layers inside nn.scan (a hierarchy's repeated blocks) record no intermediates;
+    # dense ones have one output position, their kernels stacked [repeats, in, out];
+    # a scanned convolution's positions are not known here (NaN).
+    if out:
+      positions = math.prod(out[0].shape[1:-1])
+    else:
+      positions = 1 if kernel.ndim <= 3 else float('nan')
+    flops = 2 * math.prod(kernel.shape) * positions
     layers.append({'name': '/'.join(path[:-1]), 'kernel_shape': list(kernel.shape),
                    'forward_flops_per_image': flops})
   return layers

@@ -30,6 +30,16 @@ if 'VAE_JAX_CACHE_DIR' not in os.environ:
   os.environ['VAE_JAX_CACHE_DIR'] = _user_cache
 
 LONG = (
+    # The compiled initialisation against the op-by-op one: the costly families.
+    'test_models.py::test_the_compiled_initialisation_equals_the_op_by_op_one[top_down',
+    'test_models.py::test_the_compiled_initialisation_equals_the_op_by_op_one[class_prior]',
+    'test_models.py::test_the_compiled_initialisation_equals_the_op_by_op_one[two_layers',
+    'test_models.py::test_the_compiled_initialisation_equals_the_op_by_op_one[iwae_vamp]',
+    'test_models.py::test_the_compiled_initialisation_equals_the_op_by_op_one[gaussian_binary]',
+    'test_models.py::test_the_compiled_initialisation_equals_the_op_by_op_one[local_bernoulli]',
+    'test_models.py::test_the_compiled_initialisation_equals_the_op_by_op_one[mixture]',
+    'test_models.py::test_the_compiled_initialisation_equals_the_op_by_op_one[conditional]',
+    'test_models.py::test_the_compiled_initialisation_equals_the_op_by_op_one[conv]',
     'test_benchmark.py::test_benchmark_writes_every_field',  # 68 s
     'test_cli.py::test_sigterm_saves_and_exits_zero_then_resumes',  # 48 s
     'test_cli.py::test_sigterm_outside_the_training_loop',  # 40 + 15 s

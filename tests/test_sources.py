@@ -237,3 +237,28 @@ def test_an_npz_without_the_split_lists_what_it_has(tmp_path):
   (tmp_path / 'bad.npz').write_bytes(b'garbage')
   with pytest.raises(data.DatasetError, match='not a readable .npz'):
     data.load(user_config('npz', tmp_path / 'bad.npz'))
+
+
+def test_bits_apply_to_the_embedded_digits_too():
+  c = config_lib.default_config().data
+  c.binarization, c.bits = 'none', 5
+  ds = data.load(c)
+  assert ds.train.max() == 31 and ds.levels == 32
+  assert float(np.asarray(data.fixed_eval_images(ds, 0)).max()) == 1.0
+
+
+def test_sixteen_bit_images_are_refused_with_their_name(tmp_path):
+  write_images(tmp_path / 'train', [np.zeros((8, 8), np.uint8)])
+  Image.fromarray(np.full((8, 8), 60000, np.uint16)).save(tmp_path / 'train' / '001.png')
+  with pytest.raises(data.DatasetError, match=r"001\.png: PIL mode 'I;16'.*8-bit"):
+    data.load(user_config('folder', tmp_path))
+
+
+def test_an_uncompressed_npz_is_memory_mapped_and_a_compressed_one_read(tmp_path):
+  images = np.random.default_rng(2).integers(0, 256, (6, 5, 4, 3), dtype=np.uint8)
+  np.savez(tmp_path / 'stored.npz', train=images)
+  np.savez_compressed(tmp_path / 'compressed.npz', train=images)
+  for name, mapped in (('stored', True), ('compressed', False)):
+    source = sources.NpzSource.open(str(tmp_path / f'{name}.npz'), 'train')
+    assert isinstance(source._array(), np.memmap) == mapped  # pylint: disable=protected-access
+    np.testing.assert_array_equal(source.read([5, 0, 2])[0], images[[5, 0, 2]])

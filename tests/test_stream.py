@@ -174,3 +174,17 @@ def test_tfds_datasets_stream_through_mock_data(tmp_path, name, shape, labelled)
     data.clear_cache()
   lines = (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()
   assert any(json.loads(line).get('step') == 6 for line in lines)
+
+
+def test_a_saved_state_that_does_not_restore_starts_at_the_step_with_a_note(digits_npz):
+  source = data.load(npz_config(digits_npz, 'stream').data).train_source
+  kwargs = dict(seeds=(3,), batch_size=50, rows=(0, 50), num_steps=30)
+  whole = stream_lib.Stream(source, first_step=0, **kwargs)
+  expected, _ = whole.take(8)
+  whole.close()
+  saved = {'next_step': 5, 'base': 0, 'process_count': 1, 'workers': 0, 'grain': {'x': 1}}
+  for bad in (saved, 'not a dict'):
+    s = stream_lib.Stream(source, first_step=5, saved=bad, **kwargs)
+    assert 'starts at step 5' in s.note
+    np.testing.assert_array_equal(s.take(3)[0], expected[:, 5:])
+    s.close()

@@ -494,7 +494,7 @@ def validate(config, num_devices=None):
 # The fields a VQ-VAE's second stage (objective code_prior) shares with the VQ-VAE it
 # learns a prior for: its data and its networks' shapes.
 VQ_STAGE_ONE_FIELDS = ('data.name', 'data.data_dir', 'data.binarization', 'data.train_split',
-                       'data.eval_split', 'model.architecture', 'model.conv_features',
+                       'data.eval_split', 'data.path', 'data.bits', 'data.skip_unreadable', 'model.architecture', 'model.conv_features',
                        'model.latent_dim', 'model.activation', 'model.likelihood',
                        'model.num_mixtures', 'model.context_radius', 'model.codebook_size',
                        'model.codebook_update', 'model.vq_residual_blocks')

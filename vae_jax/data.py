@@ -366,7 +366,7 @@ def load(data_config) -> Dataset:
                    train_source=train_source if streamed else None)
   if name == 'embedded_mnist':
     (train, train_labels), (evaluation, eval_labels) = (
-        (_binarize_at_load(images, name, binarization), labels)
+        (_binarize_at_load(images, name, binarization, bits), labels)
         for images, labels in _embedded_mnist())
   elif name == 'rendered_shapes':
     train, train_labels = _rendered_shapes()
@@ -391,18 +391,36 @@ def load(data_config) -> Dataset:
   if name in FACTORS:
     keep = factor_eval_subset(name, len(train))
     return Dataset(name, train, _read_only(train[keep]), binarization,
-                   train_factors=train_labels, eval_factors=_read_only(train_labels[keep]))
+                   train_factors=train_labels, eval_factors=_read_only(train_labels[keep]),
+                   bits=bits)
   return Dataset(name, train, evaluation, binarization, train_labels, eval_labels, bits=bits,
                  train_source=train_source)
 
 
 def _read_all(source: sources.Source) -> np.ndarray:
-  """Every example of a user's source, in blocks of _READ_CHUNK."""
+  """Every image of a user's source."""
+  return read_source(source)[0]
+
+
+def read_source(source: sources.Source) -> tuple:
+  """(images, labels or None): every example of `source`, read in blocks of _READ_CHUNK
+  into preallocated arrays; a file that cannot be read is a DatasetError naming it."""
+  images = labels = None
   try:
-    return np.concatenate([source.read(range(start, min(start + _READ_CHUNK, len(source))))[0]
-                           for start in range(0, len(source), _READ_CHUNK)])
+    for start in range(0, len(source), _READ_CHUNK):
+      block, block_labels = source.read(range(start, min(start + _READ_CHUNK, len(source))))
+      if images is None:
+        images = np.empty((len(source),) + block.shape[1:], block.dtype)
+        if block_labels is not None:
+          labels = np.empty((len(source),) + block_labels.shape[1:], block_labels.dtype)
+      images[start:start + len(block)] = block
+      if labels is not None:
+        labels[start:start + len(block)] = block_labels
   except sources.SourceError as e:
     raise DatasetError(f'config.data.path: {e}') from None
+  except Exception as e:  # pylint: disable=broad-except  # A TFDS shard that does not read.
+    raise DatasetError(f'reading {source!r} failed: {vlog.brief(e)}') from None
+  return images, labels
 
 
 def factor_eval_subset(name: str, n: int) -> np.ndarray:
@@ -432,9 +450,10 @@ def _read_only(array: np.ndarray) -> np.ndarray:
   return array
 
 
-def _binarize_at_load(images: np.ndarray, name: str, binarization: str) -> np.ndarray:
+def _binarize_at_load(images: np.ndarray, name: str, binarization: str,
+                      bits: int = 8) -> np.ndarray:
   """'static' thresholds 0..255 intensities at 1/2, once; _STORED_BINARY data are 0/1 already."""
-  return _read_only(finish_images(images, name, binarization))
+  return _read_only(finish_images(images, name, binarization, bits))
 
 
 @functools.lru_cache(maxsize=1)
@@ -637,8 +656,9 @@ def _read_cached_split(builder, name, split, num_examples, with_labels):
   try:
     with open(meta_path, encoding='utf-8') as f:
       meta = json.load(f)
-    if meta.get('source') != source:
-      return None  # The dataset was rebuilt: read it again (and replace the entry).
+    if (meta.get('source') != source
+        or meta.get('preprocessing', '') != sources.preprocessing(name)):
+      return None  # The dataset was rebuilt, or is decoded otherwise: read it again.
     with np.load(path, allow_pickle=False) as arrays:
       images = arrays['images']
       labels = arrays['labels'] if with_labels else None
@@ -667,6 +687,7 @@ def _write_cached_split(builder, name, split, images, labels) -> None:
     return
   path = split_cache_path(builder, name, split)
   meta = {'dataset': name, 'version': str(builder.info.version), 'split': split,
+          'preprocessing': sources.preprocessing(name),
           'source': source, 'images_sha256': _sha256(images),
           'labels_sha256': None if labels is None else _sha256(labels)}
   try:

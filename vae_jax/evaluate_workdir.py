@@ -54,8 +54,8 @@ def split_images(config, dataset, split, dequantize=False):
   """
   if split == config.data.eval_split:
     stored, labels = dataset.eval, dataset.eval_labels
-  elif split == config.data.train_split and dataset.streamed:  # Read whole from its source.
-    stored, labels = dataset.train_source.read(range(dataset.num_train))
+  elif split == config.data.train_split and dataset.streamed:  # Read from its source.
+    stored, labels = data.read_source(dataset.train_source)
   elif split == config.data.train_split:
     stored, labels = dataset.train, dataset.train_labels
   else:

@@ -72,24 +72,33 @@ def omniglot_28(image: np.ndarray) -> np.ndarray:
   return box_resize(grey, 28)
 
 
-# Our dataset name -> (TFDS name, preprocessing of one image or None).
+# Our dataset name -> (TFDS name, preprocessing of one image or None, and its name: the
+# decoded-split cache (data.py) keeps entries of one preprocessing apart from another's,
+# so change the name with the function).
 TFDS_DATASETS = {
-    'binarized_mnist': ('binarized_mnist', None),
-    'mnist': ('mnist', None),
-    'fashion_mnist': ('fashion_mnist', None),
-    'cifar10': ('cifar10', None),
-    'dsprites': ('dsprites', None),
-    'shapes3d': ('shapes3d', None),
-    'svhn': ('svhn_cropped', None),
-    'celeb_a': ('celeb_a', celeb_a_64),
-    'imagenet32': ('downsampled_imagenet/32x32', lambda image: box_resize(image, 32)),
-    'imagenet64': ('downsampled_imagenet/64x64', lambda image: box_resize(image, 64)),
-    'omniglot': ('omniglot', omniglot_28),
+    'binarized_mnist': ('binarized_mnist', None, ''),
+    'mnist': ('mnist', None, ''),
+    'fashion_mnist': ('fashion_mnist', None, ''),
+    'cifar10': ('cifar10', None, ''),
+    'dsprites': ('dsprites', None, ''),
+    'shapes3d': ('shapes3d', None, ''),
+    'svhn': ('svhn_cropped', None, ''),
+    'celeb_a': ('celeb_a', celeb_a_64, 'crop (15, 40, 163, 188), bilinear 64x64'),
+    'imagenet32': ('downsampled_imagenet/32x32', lambda image: box_resize(image, 32),
+                   'box 32x32'),
+    'imagenet64': ('downsampled_imagenet/64x64', lambda image: box_resize(image, 64),
+                   'box 64x64'),
+    'omniglot': ('omniglot', omniglot_28, 'first channel inverted, box 28x28'),
 }
 
 
 def tfds_name(name: str) -> str:
   return TFDS_DATASETS[name][0]
+
+
+def preprocessing(name: str) -> str:
+  """The name of dataset `name`'s preprocessing ('' for none)."""
+  return TFDS_DATASETS[name][2] if name in TFDS_DATASETS else ''
 
 
 def decode(name: str, image) -> np.ndarray:
@@ -155,16 +164,28 @@ class TfdsSource(Source):
     return images, (labels[:, 0] if self.label_keys == ('label',) else labels)
 
 
-def _grey_or_rgb(mode: str) -> str:
-  return 'L' if mode in ('1', 'L', 'LA', 'I', 'I;16', 'F') else 'RGB'
+_GREY_MODES = ('1', 'L', 'LA')
+_COLOUR_MODES = ('P', 'PA', 'RGB', 'RGBA', 'RGBX', 'CMYK', 'YCbCr', 'LAB', 'HSV')
+
+
+def _channels(path: str, mode: str) -> int:
+  """1 for 8-bit grey files, 3 for colour ones; 16-bit and float files are refused (PIL
+  would clip them to 8 bits, not scale them)."""
+  if mode in _GREY_MODES:
+    return 1
+  if mode in _COLOUR_MODES:
+    return 3
+  raise SourceError(f'{path}: PIL mode {mode!r} (16-bit or floating-point pixels) is not read; '
+                    'convert the images to 8-bit grey or RGB')
 
 
 @dataclasses.dataclass
 class FolderSource(Source):
   """Image files under `root` (sorted, subfolders included), all of one size.
 
-  Grey images (mode 1/L/I/F) give one channel, anything else RGB (alpha dropped);
-  the first file decides, and every file is converted to that. Headers are read
+  8-bit grey images (PIL modes 1, L, LA) give one channel, colour ones (RGB, RGBA,
+  palette, ...) three, alpha dropped; the first file decides, and every file is
+  converted to that. 16-bit and float files are refused with their name. Headers are read
   when the source is opened: a file whose header cannot be read, or whose size
   differs from the first one's, stops the run with its name, unless
   `skip_unreadable` (then unreadable files are left out and counted; a size that
@@ -196,8 +217,8 @@ class FolderSource(Source):
           continue
         raise SourceError(f'{path}: not a readable image ({type(e).__name__}: {e}); remove it, '
                           'or set data.skip_unreadable=True to leave such files out') from None
+      channels = _channels(path, mode)
       if shape is None:
-        channels = 1 if _grey_or_rgb(mode) == 'L' else 3
         shape, first = (size[1], size[0], channels), path
       elif (size[1], size[0]) != shape[:2]:
         raise SourceError(f'{path}: {size[0]}x{size[1]} pixels, but {first} (the first file) is '
@@ -252,6 +273,30 @@ def npz_header(path: str, key: str) -> tuple:
   return tuple(shape), np.dtype(dtype)
 
 
+def _memmap_npz_member(path: str, key: str):
+  """A read-only np.memmap of member KEY.npy of the .npz at `path` when it is stored
+  without compression, else None."""
+  with zipfile.ZipFile(path) as archive:
+    info = archive.getinfo(key + '.npy')
+    if info.compress_type != zipfile.ZIP_STORED:
+      return None
+    with open(path, 'rb') as f:
+      f.seek(info.header_offset)
+      local = f.read(30)  # The local file header: its name and extra field lengths at 26.
+      name_length = int.from_bytes(local[26:28], 'little')
+      extra_length = int.from_bytes(local[28:30], 'little')
+      start = info.header_offset + 30 + name_length + extra_length
+      f.seek(start)
+      version = np.lib.format.read_magic(f)
+      read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                     else np.lib.format.read_array_header_2_0)
+      shape, fortran_order, dtype = read_header(f)
+      offset = f.tell()
+  if fortran_order:
+    return None
+  return np.memmap(path, dtype=dtype, mode='r', offset=offset, shape=shape)
+
+
 def check_npz_array(path: str, key: str, shape: tuple, dtype) -> tuple:
   """The [H, W, C] of a valid images array, else SourceError naming file and array."""
   if dtype != np.uint8:
@@ -281,9 +326,15 @@ class NpzSource(Source):
     return cls(finish=finish, path=path, key=key, shape=image_shape, length=shape[0])
 
   def _array(self):
+    """The array, memory-mapped when the member is stored uncompressed (np.savez), so a
+    streamed run (and each grain worker) reads only the rows it asks for; an
+    np.savez_compressed member is read whole, once per process."""
     if getattr(self, '_open_array', None) is None:
-      with np.load(self.path, allow_pickle=False) as arrays:
-        self._open_array = arrays[self.key].reshape((self.length,) + tuple(self.shape))
+      array = _memmap_npz_member(self.path, self.key)
+      if array is None:
+        with np.load(self.path, allow_pickle=False) as arrays:
+          array = arrays[self.key]
+      self._open_array = array.reshape((self.length,) + tuple(self.shape))
     return self._open_array
 
   def __len__(self):

@@ -77,7 +77,6 @@ class Stream:
   def __init__(self, source: sources.Source, *, seeds, batch_size: int, rows: tuple,
                num_steps: int, first_step: int, workers: int = 0, prefetch_steps: int = 8,
                process_count: int = 1, saved: Optional[dict] = None):
-    grain = _grain()
     self.rows = tuple(int(r) for r in rows)
     self.workers = int(workers)
     self.process_count = int(process_count)
@@ -85,7 +84,8 @@ class Stream:
     self.note = ''
     base, restore = self._next_step, None
     if saved is not None:
-      why_not = self._why_not_restorable(saved)
+      why_not = (self._why_not_restorable(saved) if isinstance(saved, dict)
+                 else 'it is not a record of a stream position')
       if why_not:
         self.note = (f'the data stream starts at step {first_step} instead of restoring its '
                      f'saved position ({why_not}): the batches are a function of the step, '
@@ -93,6 +93,24 @@ class Stream:
       else:
         base, restore = int(saved['base']), saved['grain']
     self.base = base
+    self._iterator = iter(self._build(source, seeds, batch_size, base, num_steps,
+                                      prefetch_steps))
+    if restore is not None:
+      try:
+        self._iterator.set_state(restore)
+      except Exception as e:  # pylint: disable=broad-except  # Another grain's format, an edit.
+        self.close()
+        self.note = (f'the data stream starts at step {first_step}: its saved grain state '
+                     f'does not restore ({_brief(e)}); the batches are a function of the '
+                     'step, so they are the same')
+        iterable = self._build(source, seeds, batch_size, first_step, num_steps,
+                               prefetch_steps)
+        self.base = first_step
+        self._iterator = iter(iterable)
+
+  def _build(self, source, seeds, batch_size, base, num_steps, prefetch_steps):
+    """The grain pipeline over steps base .. num_steps - 1."""
+    grain = _grain()
     step_batch = StepBatch(source, tuple(int(s) for s in seeds), int(batch_size), len(source),
                            *self.rows)
     iterable = grain.MapDataset.range(base, num_steps).map(step_batch).to_iter_dataset(
@@ -102,9 +120,7 @@ class Stream:
       iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(
           num_workers=self.workers,
           per_worker_buffer_size=max(1, int(prefetch_steps) // self.workers)))
-    self._iterator = iter(iterable)
-    if restore is not None:
-      self._iterator.set_state(restore)
+    return iterable
 
   def _why_not_restorable(self, saved) -> str:
     if saved.get('next_step') != self._next_step:
@@ -114,9 +130,7 @@ class Stream:
               f'{self.process_count}')
     if saved.get('workers') != self.workers:
       return f"it was saved with data.workers={saved.get('workers')}, now {self.workers}"
-    if saved.get('rows') != list(self.rows):
-      return 'this process reads other rows of each batch now'
-    if 'grain' not in saved or 'base' not in saved:
+    if 'grain' not in saved or not isinstance(saved.get('base'), int):
       return 'the checkpoint has none'
     return ''
 

@@ -30,7 +30,9 @@ if 'VAE_JAX_CACHE_DIR' not in os.environ:
   os.environ['VAE_JAX_CACHE_DIR'] = _user_cache
 
 LONG = (
-    # The compiled initialisation against the op-by-op one: the costly families.
+    # The compiled initialisation against the op-by-op one: the costly families, and the
+    # hierarchies, whose compiled values match only under XLA's default flags (which the
+    # slow set keeps; the default run's optimisation level 0 rounds some differently).
     'test_models.py::test_the_compiled_initialisation_equals_the_op_by_op_one[top_down',
     'test_models.py::test_the_compiled_initialisation_equals_the_op_by_op_one[class_prior]',
     'test_models.py::test_the_compiled_initialisation_equals_the_op_by_op_one[two_layers',
@@ -40,6 +42,11 @@ LONG = (
     'test_models.py::test_the_compiled_initialisation_equals_the_op_by_op_one[mixture]',
     'test_models.py::test_the_compiled_initialisation_equals_the_op_by_op_one[conditional]',
     'test_models.py::test_the_compiled_initialisation_equals_the_op_by_op_one[conv]',
+    'test_models.py::test_the_compiled_initialisation_equals_the_op_by_op_one[vq_vae]',
+    'test_models.py::test_the_compiled_initialisation_equals_the_op_by_op_one[iaf]',
+    'test_models.py::test_the_compiled_initialisation_equals_the_op_by_op_one[logistic',
+    'test_models.py::test_the_compiled_initialisation_equals_the_op_by_op_one[gaussian]',
+    'test_stream.py::test_stream_resumes_from_its_saved_state[1]',  # 11 s (grain workers)
     'test_benchmark.py::test_benchmark_writes_every_field',  # 68 s
     'test_cli.py::test_sigterm_saves_and_exits_zero_then_resumes',  # 48 s
     'test_cli.py::test_sigterm_outside_the_training_loop',  # 40 + 15 s
@@ -67,9 +74,21 @@ LONG = (
     'test_hierarchy.py::test_identical_groups_compile_once',  # 41 s
     'test_hierarchy.py::test_reconstructions_from_the_top_m_groups',  # 23 s
     'test_hierarchy.py::test_cifar10_hierarchy_config_trains_through_mock_data',
-    # Every family trains, resumes, evaluates and samples (the top-down ones of 2, 5
-    # and 20 groups: 135, 196 and 109 s).
-    'test_families.py::test_family_trains_resumes_evaluates_and_samples',
+    # Every family trains, resumes, evaluates and samples; the dense top-down hierarchies
+    # of 2, 5 and 20 groups do in the default run too (18, 24 and 16 s there).
+    'test_families.py::test_family_trains_resumes_evaluates_and_samples[vamp]',
+    'test_families.py::test_family_trains_resumes_evaluates_and_samples[mixture]',
+    'test_families.py::test_family_trains_resumes_evaluates_and_samples[iaf]',
+    'test_families.py::test_family_trains_resumes_evaluates_and_samples[conditional]',
+    'test_families.py::test_family_trains_resumes_evaluates_and_samples[class_prior]',
+    'test_families.py::test_family_trains_resumes_evaluates_and_samples[logistic_mixture]',
+    'test_families.py::test_family_trains_resumes_evaluates_and_samples[gaussian]',
+    'test_families.py::test_family_trains_resumes_evaluates_and_samples[local_bernoulli]',
+    'test_families.py::test_family_trains_resumes_evaluates_and_samples[gaussian_binary]',
+    'test_families.py::test_family_trains_resumes_evaluates_and_samples[two_layers_mixture]',
+    'test_families.py::test_family_trains_resumes_evaluates_and_samples[iwae_vamp]',
+    'test_families.py::test_family_trains_resumes_evaluates_and_samples[top_down_local]',
+    'test_families.py::test_family_trains_resumes_evaluates_and_samples[top_down_spatial]',
     'test_read_only_tools.py::test_generate_cli_bad_flag_is_one_line_and_writes_nothing',  # 2x5 s
     'test_config.py::test_cli_bad_config_file_or_flag_is_one_line[args4',  # 4 s
     # The shipped configs at full size, one step each (the default run keeps the small ones).

@@ -442,3 +442,8 @@ def test_the_compiled_initialisation_equals_the_op_by_op_one(name):
   assert jax.tree.structure(compiled) == jax.tree.structure(op_by_op)
   for a, b in zip(jax.tree.leaves(compiled), jax.tree.leaves(op_by_op)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # The optimiser state too (experiment.init_state compiles exp.tx.init).
+  compiled, op_by_op = jax.jit(exp.tx.init)(op_by_op), exp.tx.init(op_by_op)
+  assert jax.tree.structure(compiled) == jax.tree.structure(op_by_op)
+  for a, b in zip(jax.tree.leaves(compiled), jax.tree.leaves(op_by_op)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

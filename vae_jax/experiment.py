@@ -111,7 +111,8 @@ def init_state(exp: Experiment, seed: int | None = None, *, shapes_only=False) -
   params = {**params, **objectives.extra_params(exp.config.objective, exp.model, init_key)}
   if exp.config.objective.name == 'code_prior' and not shapes_only:
     params = with_trained_vq_vae(exp.config, params)
-  return TrainState(jnp.zeros((), jnp.int32), params, exp.tx.init(params))
+  # One compiled program, not one per leaf (zeros and copies: the same values either way).
+  return TrainState(jnp.zeros((), jnp.int32), params, jax.jit(exp.tx.init)(params))
 
 
 def with_trained_vq_vae(config, params):

@@ -24,6 +24,7 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import logging as std_logging
 import os
 from typing import Any, Callable
 
@@ -37,6 +38,17 @@ from vae_jax import logs as vlog
 
 _STATE = 'state'
 _METADATA = 'metadata'
+# What orbax logs (as warnings) each time a CheckpointManager opens read-only, as the
+# tools that only read do: it says nothing the user can act on.
+_READ_ONLY_NOTICES = ('CheckpointManagerOptions.read_only=True',
+                      'Given directory is read only')
+
+
+def _not_read_only_notice(record) -> bool:
+  return not record.getMessage().startswith(_READ_ONLY_NOTICES)
+
+
+std_logging.getLogger('absl').addFilter(_not_read_only_notice)
 _CORRUPTED = 'corrupted'
 _OWN = 'checkpoint'  # The metadata key of what this module records; the rest is the caller's.
 

@@ -47,6 +47,7 @@ LONG = (
     'test_models.py::test_the_compiled_initialisation_equals_the_op_by_op_one[logistic',
     'test_models.py::test_the_compiled_initialisation_equals_the_op_by_op_one[gaussian]',
     'test_stream.py::test_stream_resumes_from_its_saved_state[1]',  # 11 s (grain workers)
+    'test_stream.py::test_a_worker_that_dies_ends_the_stream_with_its_exit_code',  # 7 s
     'test_benchmark.py::test_benchmark_writes_every_field',  # 68 s
     'test_cli.py::test_sigterm_saves_and_exits_zero_then_resumes',  # 48 s
     'test_cli.py::test_sigterm_outside_the_training_loop',  # 40 + 15 s

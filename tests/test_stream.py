@@ -4,11 +4,9 @@ Data the tests write themselves: an .npz of digits (embedded MNIST's, so a model
 something to learn) and TFDS mock data; nothing here needs a prepared dataset.
 """
 
+import dataclasses
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -17,12 +15,11 @@ import tensorflow_datasets as tfds
 
 from vae_jax import config as config_lib
 from vae_jax import data
+from vae_jax import sources
 from vae_jax import stream as stream_lib
 from vae_jax import train
 
 from test_train import assert_trees_equal, restored_state, tiny_config
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')
@@ -188,3 +185,27 @@ def test_a_saved_state_that_does_not_restore_starts_at_the_step_with_a_note(digi
     assert 'starts at step 5' in s.note
     np.testing.assert_array_equal(s.take(3)[0], expected[:, 5:])
     s.close()
+
+
+@dataclasses.dataclass
+class _DyingSource(sources.NpzSource):
+  """An .npz source whose reads kill the process they run in, unless it is `parent`."""
+  parent: int = 0
+
+  def _read(self, indices):
+    if os.getpid() != self.parent:
+      os._exit(3)  # pylint: disable=protected-access  # A worker that dies without a word.
+    return super()._read(indices)
+
+
+def test_a_worker_that_dies_ends_the_stream_with_its_exit_code(digits_npz):
+  opened = sources.NpzSource.open(digits_npz, 'train')
+  source = _DyingSource(path=opened.path, key=opened.key, shape=opened.shape,
+                        length=opened.length, parent=os.getpid())
+  s = stream_lib.Stream(source, seeds=(0,), batch_size=50, rows=(0, 50), num_steps=5,
+                        first_step=0, workers=1)
+  start = time.time()
+  with pytest.raises(data.DatasetError, match='step 0 failed: .*exit code 3'):
+    s.take(1)
+  s.close()
+  assert time.time() - start < 60

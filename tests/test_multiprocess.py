@@ -45,40 +45,24 @@ DEAD_PEER_EXIT_BOUND_S = 2 * PEER_TIMEOUT_S + 20
 # process writes its part of the checkpoints.
 AUDITED_MAIN = r'''
 import os, runpy, sys
-workdir = os.path.realpath(sys.argv[1])
+root = os.path.realpath(sys.argv[1])
 report = os.open(sys.argv[2], os.O_WRONLY | os.O_CREAT | os.O_APPEND)
 WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+writes_only = sys.argv[3] == 'writes'
 
 def hook(event, args):
   if (event == 'open' and isinstance(args[0], (str, bytes, os.PathLike))
-      and isinstance(args[2], int) and args[2] & WRITE):
-    path = os.path.realpath(os.fsdecode(args[0]))
-    if path.startswith(workdir + os.sep):
-      os.write(report, (os.path.relpath(path, workdir) + '\n').encode())
-
-sys.addaudithook(hook)
-sys.argv = ['vae_jax.main'] + sys.argv[3:]
-runpy.run_module('vae_jax.main', run_name='__main__', alter_sys=True)
-'''
-
-
-# Runs vae_jax.main and appends to REPORT every file under DATA that the process opens
-# for reading (the streamed variant: which examples each process reads).
-READ_AUDITED_MAIN = r'''
-import os, runpy, sys
-root = os.path.realpath(sys.argv[1])
-report = os.open(sys.argv[2], os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-
-def hook(event, args):
-  if event == 'open' and isinstance(args[0], (str, bytes, os.PathLike)):
+      and (not writes_only or isinstance(args[2], int) and args[2] & WRITE)):
     path = os.path.realpath(os.fsdecode(args[0]))
     if path.startswith(root + os.sep):
       os.write(report, (os.path.relpath(path, root) + '\n').encode())
 
 sys.addaudithook(hook)
-sys.argv = ['vae_jax.main'] + sys.argv[3:]
+sys.argv = ['vae_jax.main'] + sys.argv[4:]
 runpy.run_module('vae_jax.main', run_name='__main__', alter_sys=True)
 '''
+# With 'reads' instead of 'writes' it reports every file under ROOT the process opens
+# (the streamed variant: which examples each process reads).
 
 
 def free_port():
@@ -106,10 +90,11 @@ class Run:
                  f'--process_id={i}', f'--peer_timeout_s={TEST_PEER_TIMEOUT_S}']
       args += flags  # Last: a flag given twice takes its last value.
       if audit_reads:
-        command = [sys.executable, '-c', READ_AUDITED_MAIN, str(audit_reads),
-                   str(self.written_file(i))]
+        command = [sys.executable, '-c', AUDITED_MAIN, str(audit_reads),
+                   str(self.written_file(i)), 'reads']
       elif audit:
-        command = [sys.executable, '-c', AUDITED_MAIN, str(workdir), str(self.written_file(i))]
+        command = [sys.executable, '-c', AUDITED_MAIN, str(workdir), str(self.written_file(i)),
+                   'writes']
       else:
         command = [sys.executable, '-m', 'vae_jax.main']
       with open(self.log_file(i), 'w', encoding='utf-8') as log:

@@ -441,8 +441,8 @@ def test_decoded_splits_are_kept_in_the_user_cache_and_checked(fresh_cache, tmp_
   def no_decoding(*args, **kwargs):
     raise AssertionError('decoded the records although the cache holds the split')
 
-  real_read = data._read_split  # pylint: disable=protected-access
-  monkeypatch.setattr(data, '_read_split', no_decoding)
+  real_read = data.read_source
+  monkeypatch.setattr(data, 'read_source', no_decoding)
   data.clear_cache()
   again = data.load(config)
   np.testing.assert_array_equal(again.train, first.train)
@@ -450,7 +450,7 @@ def test_decoded_splits_are_kept_in_the_user_cache_and_checked(fresh_cache, tmp_
   assert not again.train.flags.writeable
 
   # Damaged bytes: a warning, the split decoded again and the entry rewritten.
-  monkeypatch.setattr(data, '_read_split', real_read)
+  monkeypatch.setattr(data, 'read_source', real_read)
   raw = bytearray((entry / 'train.npz').read_bytes())
   raw[len(raw) // 2] ^= 0xFF
   (entry / 'train.npz').write_bytes(bytes(raw))
@@ -465,7 +465,7 @@ def test_decoded_splits_are_kept_in_the_user_cache_and_checked(fresh_cache, tmp_
   shard = version_dir / 'binarized_mnist-train.array_record-00000-of-00001'
   os.utime(shard, ns=(1, 1))
   calls = []
-  monkeypatch.setattr(data, '_read_split', lambda *a, **k: calls.append(1) or real_read(*a, **k))
+  monkeypatch.setattr(data, 'read_source', lambda *a, **k: calls.append(1) or real_read(*a, **k))
   data.clear_cache()
   data.load(config)
   assert len(calls) == 2  # Both splits: an entry is keyed on every file of its version.

@@ -355,8 +355,8 @@ def load(data_config) -> Dataset:
   train_source = None
   if name in USER_DATA:
     train_source = _user_source(data_config, data_config.train_split)
-    train = None if streamed else _read_only(_read_all(train_source))
-    evaluation = _read_only(_read_all(_user_source(data_config, data_config.eval_split)))
+    train = None if streamed else _read_only(read_source(train_source)[0])
+    evaluation = _read_only(read_source(_user_source(data_config, data_config.eval_split))[0])
     train_labels = eval_labels = None
     if train_source.shape != evaluation.shape[1:]:
       raise DatasetError(f'config.data.path: split {data_config.eval_split!r} has images of '
@@ -397,14 +397,11 @@ def load(data_config) -> Dataset:
                  train_source=train_source)
 
 
-def _read_all(source: sources.Source) -> np.ndarray:
-  """Every image of a user's source."""
-  return read_source(source)[0]
-
-
 def read_source(source: sources.Source) -> tuple:
   """(images, labels or None): every example of `source`, read in blocks of _READ_CHUNK
-  into preallocated arrays; a file that cannot be read is a DatasetError naming it."""
+  (one bulk read each) into preallocated arrays; a user's file that cannot be read is a
+  DatasetError naming it (a damaged TFDS shard raises what TFDS raises, for the caller
+  to name)."""
   images = labels = None
   try:
     for start in range(0, len(source), _READ_CHUNK):
@@ -418,8 +415,6 @@ def read_source(source: sources.Source) -> tuple:
         labels[start:start + len(block)] = block_labels
   except sources.SourceError as e:
     raise DatasetError(f'config.data.path: {e}') from None
-  except Exception as e:  # pylint: disable=broad-except  # A TFDS shard that does not read.
-    raise DatasetError(f'reading {source!r} failed: {vlog.brief(e)}') from None
   return images, labels
 
 
@@ -596,8 +591,11 @@ def _tfds_split(name: str, data_dir: str, split: str, binarization: str,
   if cached is not None:
     images, labels = cached
   else:
+    reader = sources.TfdsSource(name=name, data_dir=data_dir, split=split,
+                                label_keys=label_keys, length=len(source))
+    reader._open_source = source  # pylint: disable=protected-access  # Opened above.
     try:
-      images, labels = _read_split(source, name, label_keys)
+      images, labels = read_source(reader)
     except Exception as e:  # pylint: disable=broad-except  # Truncated or damaged files.
       raise _damaged(builder, name, data_dir, split, e) from e
     if cache:
@@ -756,36 +754,6 @@ def _label_keys(name: str) -> tuple:
   if name in FACTORS:
     return tuple(f'label_{factor}' for factor, _ in FACTORS[name])
   return ('label',) if name in NUM_CLASSES else ()
-
-
-def _read_split(source, name: str, label_keys: tuple) -> tuple:
-  """(uint8 images, int32 labels or None): every record's 'image' and `label_keys`:
-  labels [N] for ('label',), [N, F] for F factors.
-
-  Both come out of the same bulk reads into preallocated arrays: one pass.
-  """
-  n, images = len(source), None
-  labels = np.empty((n, len(label_keys)), np.int32)
-  for start in range(0, n, _READ_CHUNK):
-    records = _read_records(source, range(start, min(start + _READ_CHUNK, n)))
-    block = np.stack([sources.decode(name, r['image']) for r in records])
-    if images is None:
-      images = np.empty((n,) + block.shape[1:], np.uint8)
-    images[start:start + len(block)] = block
-    labels[start:start + len(block)] = [[r[k] for k in label_keys] for r in records]
-  if not label_keys:
-    return images, None
-  return images, np.ascontiguousarray(labels[:, 0]) if label_keys == ('label',) else labels
-
-
-def _read_records(source, keys: range) -> list:
-  # One `__getitems__` call reads a whole chunk: 2.5x faster than record by record.
-  # tfds.testing.mock_data (TFDS 4.9.10) installs its `__getitems__` without
-  # binding `self` (a call raises TypeError), so there records are read one by one.
-  try:
-    return source.__getitems__(list(keys))
-  except TypeError:
-    return [source[k] for k in keys]
 
 
 @functools.lru_cache(maxsize=4)

@@ -55,7 +55,13 @@ def split_images(config, dataset, split, dequantize=False):
   if split == config.data.eval_split:
     stored, labels = dataset.eval, dataset.eval_labels
   elif split == config.data.train_split and dataset.streamed:  # Read from its source.
-    stored, labels = data.read_source(dataset.train_source)
+    try:
+      stored, labels = data.read_source(dataset.train_source)
+    except data.DatasetError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  # A damaged TFDS shard.
+      raise data.DatasetError(f'reading the {split} split of {config.data.name} failed: '
+                              f'{vlog.brief(e)}') from e
   elif split == config.data.train_split:
     stored, labels = dataset.train, dataset.train_labels
   else:

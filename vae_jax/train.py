@@ -363,14 +363,10 @@ class Trainer:
     c = self.config.train
     if self.stream is not None:
       images, labels = self.stream.take(num)  # [S, T, R, ...]: each seed's rows of T steps.
-      join = lambda a: self.layout.join(list(a))  # pylint: disable=unnecessary-lambda-assignment
-      images = sharding.put_local_batch(join(images), self.mesh, self.layout.batch_axis,
-                                        c.batch_size)
-      if labels is not None and experiment.labels_of(self.exp, labels) is not None:
-        labels = sharding.put_local_batch(join(labels), self.mesh, self.layout.batch_axis,
-                                          c.batch_size)
-      else:
-        labels = None
+      images, labels = (
+          None if a is None else sharding.put_local_batch(
+              self.layout.join(list(a)), self.mesh, self.layout.batch_axis, c.batch_size)
+          for a in (images, experiment.labels_of(self.exp, labels)))
       return self.step_fn(state, images, None, self.train_keys, labels)
     indices = [data.batch_indices_for_steps(seed, step, num, c.batch_size,
                                             self.exp.dataset.num_train)

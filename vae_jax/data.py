@@ -251,7 +251,7 @@ def _validate_input(data_config) -> None:
     value = get(field, minimum)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
       raise DatasetError(f'config.data.{field}: expected an int >= {minimum}, got {value!r}')
-  limit = get('memory_limit_gb', 1.0)
+  limit = get('memory_limit_gb', 4.0)
   if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0:
     raise DatasetError(f'config.data.memory_limit_gb: expected a positive number, got {limit!r}')
   bits = get('bits', 8)
@@ -378,7 +378,8 @@ def load(data_config) -> Dataset:
     cache = data_config.get('cache', True)  # Older workdirs' configs lack the field.
     if streamed:
       train, train_labels = None, None
-      train_source = _tfds_source(name, data_dir, data_config.train_split, binarization, bits)
+      _, train_source = _tfds_source(name, data_dir, data_config.train_split, functools.partial(
+          finish_images, name=name, binarization=binarization, bits=bits))
     else:
       train, train_labels = _tfds_split(name, data_dir, data_config.train_split, binarization,
                                         cache, bits)
@@ -566,13 +567,14 @@ def _open_tfds(name: str, data_dir: str, split: str):
   return builder, source
 
 
-def _tfds_source(name: str, data_dir: str, split: str, binarization: str,
-                 bits: int) -> sources.TfdsSource:
-  """The streamed training split: a source that reads (and finishes) records by index."""
-  _, source = _open_tfds(name, data_dir, split)
-  finish = functools.partial(finish_images, name=name, binarization=binarization, bits=bits)
-  return sources.TfdsSource(finish=finish, name=name, data_dir=data_dir, split=split,
-                            label_keys=_label_keys(name), length=len(source))
+def _tfds_source(name: str, data_dir: str, split: str, finish=None) -> tuple:
+  """(builder, a TfdsSource of `split` over the data source opened here): it reads records
+  by index, decoded and preprocessed, and finished by `finish` when given."""
+  builder, opened = _open_tfds(name, data_dir, split)
+  source = sources.TfdsSource(finish=finish, name=name, data_dir=data_dir, split=split,
+                              label_keys=_label_keys(name), length=len(opened))
+  source._open_source = opened  # pylint: disable=protected-access  # Not opened twice.
+  return builder, source
 
 
 @functools.lru_cache(maxsize=8)
@@ -584,16 +586,12 @@ def _tfds_split(name: str, data_dir: str, split: str, binarization: str,
   (`split_cache_path`): a start that would decode 50,000 records one by one
   reads one file instead.
   """
-  builder, source = _open_tfds(name, data_dir, split)
-  label_keys = _label_keys(name)
-  with_labels = bool(label_keys)
-  cached = _read_cached_split(builder, name, split, len(source), with_labels) if cache else None
+  builder, reader = _tfds_source(name, data_dir, split)  # Finished below, after the cache.
+  with_labels = bool(reader.label_keys)
+  cached = _read_cached_split(builder, name, split, len(reader), with_labels) if cache else None
   if cached is not None:
     images, labels = cached
   else:
-    reader = sources.TfdsSource(name=name, data_dir=data_dir, split=split,
-                                label_keys=label_keys, length=len(source))
-    reader._open_source = source  # pylint: disable=protected-access  # Opened above.
     try:
       images, labels = read_source(reader)
     except Exception as e:  # pylint: disable=broad-except  # Truncated or damaged files.

@@ -26,6 +26,7 @@ from typing import Optional
 import numpy as np
 
 from vae_jax import data
+from vae_jax import logs as vlog
 from vae_jax import sources
 
 
@@ -82,31 +83,29 @@ class Stream:
     self.process_count = int(process_count)
     self._next_step = int(first_step)
     self.note = ''
-    base, restore = self._next_step, None
-    if saved is not None:
-      why_not = (self._why_not_restorable(saved) if isinstance(saved, dict)
-                 else 'it is not a record of a stream position')
-      if why_not:
-        self.note = (f'the data stream starts at step {first_step} instead of restoring its '
-                     f'saved position ({why_not}): the batches are a function of the step, '
-                     'so they are the same')
-      else:
-        base, restore = int(saved['base']), saved['grain']
-    self.base = base
-    self._iterator = iter(self._build(source, seeds, batch_size, base, num_steps,
-                                      prefetch_steps))
-    if restore is not None:
+
+    def build(base):
+      self.base = base
+      self._iterator = iter(self._build(source, seeds, batch_size, base, num_steps,
+                                        prefetch_steps))
+
+    if saved is None:
+      build(self._next_step)
+      return
+    why_not = (self._why_not_restorable(saved) if isinstance(saved, dict)
+               else 'it is not a record of a stream position')
+    if not why_not:
+      build(saved['base'])
       try:
-        self._iterator.set_state(restore)
+        self._iterator.set_state(saved['grain'])
+        return
       except Exception as e:  # pylint: disable=broad-except  # Another grain's format, an edit.
         self.close()
-        self.note = (f'the data stream starts at step {first_step}: its saved grain state '
-                     f'does not restore ({_brief(e)}); the batches are a function of the '
-                     'step, so they are the same')
-        iterable = self._build(source, seeds, batch_size, first_step, num_steps,
-                               prefetch_steps)
-        self.base = first_step
-        self._iterator = iter(iterable)
+        why_not = f'its grain state does not restore: {vlog.brief(e)}'
+    self.note = (f'the data stream starts at step {first_step} instead of restoring its '
+                 f'saved position ({why_not}); the batches are a function of the step, so '
+                 'they are the same')
+    build(self._next_step)
 
   def _build(self, source, seeds, batch_size, base, num_steps, prefetch_steps):
     """The grain pipeline over steps base .. num_steps - 1."""
@@ -146,7 +145,7 @@ class Stream:
                                 "ends at the run's last step)") from None
       except Exception as e:  # pylint: disable=broad-except  # A source's or a worker's.
         raise data.DatasetError(f'data stream: reading the batch of step {expected} failed: '
-                                f'{_brief(e)}') from None
+                                f'{vlog.brief(e)}') from None
       if int(element['step']) != expected:
         raise data.DatasetError(f'data stream: expected the batch of step {expected}, got '
                                 f"step {int(element['step'])}")
@@ -161,7 +160,7 @@ class Stream:
     """JSON-serialisable position: the next step, and grain's own iterator state."""
     return {'next_step': self._next_step, 'base': self.base,
             'process_count': self.process_count, 'workers': self.workers,
-            'rows': list(self.rows), 'grain': _jsonable(self._iterator.get_state())}
+            'grain': _jsonable(self._iterator.get_state())}
 
   def close(self) -> None:
     close = getattr(self._iterator, 'close', None)
@@ -188,11 +187,6 @@ def _jsonable(tree):
   if isinstance(tree, bytes):
     return tree.decode('latin-1')
   return tree
-
-
-def _brief(error: BaseException) -> str:
-  text = str(error).split('\n--------------------')[0].strip()  # grain's traceback note.
-  return f'{type(error).__name__}: {text}' if text else type(error).__name__
 
 
 logging.getLogger('grain').setLevel(logging.WARNING)

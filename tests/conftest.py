@@ -89,6 +89,7 @@ LONG = (
     'test_families.py::test_family_trains_resumes_evaluates_and_samples[two_layers_mixture]',
     'test_families.py::test_family_trains_resumes_evaluates_and_samples[iwae_vamp]',
     'test_families.py::test_family_trains_resumes_evaluates_and_samples[top_down_local]',
+    'test_families.py::test_family_trains_resumes_evaluates_and_samples[top_down_causal]',
     'test_families.py::test_family_trains_resumes_evaluates_and_samples[top_down_spatial]',
     'test_read_only_tools.py::test_generate_cli_bad_flag_is_one_line_and_writes_nothing',  # 2x5 s
     'test_config.py::test_cli_bad_config_file_or_flag_is_one_line[args4',  # 4 s

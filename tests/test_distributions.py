@@ -416,3 +416,69 @@ def test_local_bernoulli_mean_is_the_mean_field_chain():
                           padded[:, y + 1, c]], -1)
       expected = 1.0 / (1.0 + np.exp(-(a[:, y, c] + np.sum(w[:, y, c] * context, -1))))
       np.testing.assert_allclose(mean[:, y, c, 0], expected, rtol=1e-5)
+
+
+def _causal(radius=1, features=3, layers=3, shape=(3, 4), key=11, scale=0.7):
+  """A CausalBernoulli with every parameter moved off its initial value (so the residual
+  kernels, zero at initialisation, say something), and a decoder output for it."""
+  lik = likelihoods.CausalBernoulli(radius, features, layers)
+  out = 1.5 * jax.random.normal(jax.random.key(key), shape + (lik.out_channels(1),))
+  params = lik.init(jax.random.key(key + 1), jnp.zeros(shape + (1,)), out,
+                    method='log_prob')['params']
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(key + 2), len(leaves))
+  params = jax.tree.unflatten(tree, [v + scale * jax.random.normal(k, v.shape)
+                                     for v, k in zip(leaves, keys)])
+  return lik, {'params': params}, out
+
+
+@pytest.mark.parametrize('radius', [1, 2])
+def test_causal_bernoulli_sums_to_one_over_every_binary_image(radius):
+  lik, params, out = _causal(radius)
+  assert lik.out_channels(1) == 4
+  log_p = jax.jit(lambda x: lik.apply(params, x, out, method='log_prob'))(
+      _all_binary_images(3, 4))
+  assert float(jax.nn.logsumexp(log_p)) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_causal_bernoulli_logits_read_only_earlier_pixels_and_see_past_the_window():
+  lik, params, out = _causal(radius=1, layers=3, shape=(4, 5))
+  x = jax.random.uniform(jax.random.key(12), (4, 5, 1))
+  jac = jax.jacfwd(lambda x: lik.apply(params, x, out, method='logits'))(x)
+  jac = np.asarray(jac).reshape(20, 20)  # [pixel i, pixel j], raster order.
+  assert np.all(jac[np.triu_indices(20)] == 0.0)  # Never x_j for j >= i.
+  # Pixel (3, 3) reads (1, 1), two rows up: outside the radius-1 window of the first
+  # layer, inside the field of view the residual layers add.
+  assert abs(jac[3 * 5 + 3, 1 * 5 + 1]) > 1e-4
+
+
+def test_causal_bernoulli_at_initialisation_is_local_bernoulli_through_its_embedding():
+  lik = likelihoods.CausalBernoulli(2, 5, 3)
+  x = (jax.random.uniform(jax.random.key(13), (2, 4, 5, 1)) > 0.5).astype(jnp.float32)
+  out = jax.random.normal(jax.random.key(14), (3, 2, 4, 5, lik.out_channels(1)))
+  params = lik.init(jax.random.key(15), x, out, method='log_prob')
+  embed = params['params']['embed']  # [12 window pixels, 5 features]; kernels and biases 0.
+  local_out = jnp.concatenate([out[..., :1], out[..., 1:] @ embed.T], axis=-1)
+  np.testing.assert_allclose(lik.apply(params, x, out, method='log_prob'),
+                             likelihoods.LocalBernoulli(2).log_prob(x, local_out), rtol=1e-5)
+
+
+def test_causal_bernoulli_sample_frequencies_match_log_prob():
+  lik, params, out = _causal(radius=1, shape=(3, 3), key=16)
+  n = 200_000
+  log_p = lik.apply(params, _all_binary_images(3, 3), out, method='log_prob')
+  sample = jax.jit(lambda k: lik.apply(params, k, jnp.broadcast_to(out, (n,) + out.shape),
+                                       method='sample'))(jax.random.key(17))
+  assert set(np.unique(np.asarray(sample))) <= {0.0, 1.0}
+  index = np.asarray(sample).reshape(n, 9).astype(int) @ (2 ** np.arange(8, -1, -1))
+  _assert_frequencies_match(np.bincount(index, minlength=512), log_p, n)
+
+
+def test_causal_bernoulli_mean_is_the_mean_field_chain():
+  lik, params, out = _causal(radius=1, shape=(3, 4), key=18)
+  out = jnp.stack([out, -out])
+  mean = lik.apply(params, out, method='mean')
+  assert mean.shape == (2, 3, 4, 1)
+  # Each pixel is its probability given the chain's values before it: a fixed point.
+  logits = lik.apply(params, mean, out, method='logits')
+  np.testing.assert_allclose(mean, jax.nn.sigmoid(logits), rtol=1e-5, atol=1e-6)

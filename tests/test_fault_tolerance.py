@@ -364,6 +364,7 @@ _DECODER_LOG_SCALES = [-100.0, 1e4]  # Second output planes: log-scales, context
 _PLANES = {
     'bernoulli': ([0], None),
     'local_bernoulli': ([0], [1, 2, 3, 4]),  # The second planes: its 4 context weights.
+    'causal_bernoulli': ([0], list(range(1, 13))),  # Its 12 learned features' weights.
     'gaussian': ([0], [1]),
     'discretized_logistic': ([0], [1]),
     'logistic_mixture': ([0] + list(range(_MIXTURES, 2 * _MIXTURES)),
@@ -410,7 +411,7 @@ def test_08_extreme_logits_and_log_variances_keep_loss_and_gradients_finite(
   model_config.likelihood = likelihood
   model_config.num_mixtures = _MIXTURES
   model = models.make_model(model_config, _SHAPE)
-  binary = likelihood in ('bernoulli', 'local_bernoulli')
+  binary = likelihood in ('bernoulli', 'local_bernoulli', 'causal_bernoulli')
   levels = [0.0, 1.0] if binary else [0.0, 0.5, 1.0]  # Edges and interior.
   x = jnp.asarray(np.resize(levels, (3,) + _SHAPE), jnp.float32)
   params = models.init_params(model, jax.random.key(0), _SHAPE)

@@ -29,6 +29,9 @@ from test_train import tiny_config
 BERNOULLI = likelihoods.make_likelihood('bernoulli', channels=1, levels=2, num_mix=1)
 LOCAL_BERNOULLI = likelihoods.make_likelihood('local_bernoulli', channels=1, levels=2,
                                               context_radius=1)
+CAUSAL_BERNOULLI = likelihoods.make_likelihood('causal_bernoulli', channels=1, levels=2,
+                                               context_radius=1, context_features=3,
+                                               context_layers=2)
 
 
 @jax.jit
@@ -70,7 +73,8 @@ def binary_images(n, shape=(4, 4, 1), key=5):
 
 @pytest.mark.parametrize('merge,likelihood', [
     pytest.param(merge, BERNOULLI, id=merge) for merge in hierarchy.MERGES] + [
-        pytest.param('precision', LOCAL_BERNOULLI, id='precision-local_bernoulli')])
+        pytest.param('precision', LOCAL_BERNOULLI, id='precision-local_bernoulli'),
+        pytest.param('precision', CAUSAL_BERNOULLI, id='precision-causal_bernoulli')])
 def test_log_likelihood_matches_brute_force_integration(merge, likelihood):
   # Two groups of one latent each over 2x2 binary images: p(x) is a 2-d
   # integral, summed on a grid; the estimator must agree.
@@ -85,7 +89,10 @@ def test_log_likelihood_matches_brute_force_integration(merge, likelihood):
   out, groups = jax.jit(lambda p, z: model.apply(
       {'params': p}, jnp.broadcast_to(x, (rows, 2, 2, 1)), jnp.zeros((rows, 2)), hierarchy.GIVEN,
       1.0, z, method='_pass'))(params, given)
-  log_joint = (likelihood.log_prob(x, out[None])[0]
+  # Through the model: a likelihood may have parameters (causal_bernoulli's network).
+  log_px_z = model.apply({'params': params}, x, out[None],
+                         method=lambda m, x, out: m.likelihood.log_prob(x, out))
+  log_joint = (log_px_z[0]
                + sum(jnp.sum(g[2], axis=-1) for g in groups))
   step = grid[1] - grid[0]
   exact = float(jax.nn.logsumexp(log_joint) + 2 * math.log(step))
@@ -209,6 +216,30 @@ def test_reconstructions_from_the_top_m_groups():
   # In between the top groups come from x: two draws of the rest differ, the top agrees.
   other = model.apply({'params': params}, x, jax.random.key(10), 1, method='reconstruct_top')
   assert not np.allclose(top(1), other)
+
+
+def test_a_likelihood_with_parameters_is_trained_and_drawn_through_the_model():
+  # causal_bernoulli's network is the model's: its parameters sit under 'likelihood',
+  # the loss reaches them, and the pictures run its chain inside the model's apply.
+  from vae_jax import sampling  # pylint: disable=g-import-not-at-top
+  model, params = build([(3,), (2,)], likelihood=CAUSAL_BERNOULLI)
+  assert set(params['likelihood']) == {'embed', 'bias', 'kernels', 'biases'}
+  x = binary_images(3)
+  loss = lambda p: -jnp.mean(objectives.elbo_terms(model, p, x, jax.random.key(1))[0])
+  grads = jax.jit(jax.grad(loss))(params)['likelihood']
+  assert all(float(jnp.max(jnp.abs(g))) > 0 for g in jax.tree.leaves(grads))
+  out = jax.jit(lambda p: model.apply({'params': p}, jax.random.key(2), 4,
+                                      method='sample'))(params)
+  samples = sampling.prior_samples(model, params, jax.random.key(2), 4)
+  expected = jax.jit(lambda p, out: model.apply(
+      {'params': p}, out, method=lambda m, out: m.likelihood.mean(out)))(params, out)
+  np.testing.assert_allclose(samples, expected, rtol=1e-5, atol=1e-6)
+  assert samples.shape == (4, 4, 4, 1) and 0.0 <= float(samples.min()) <= float(
+      samples.max()) <= 1.0
+  # The mean image is the chain's fixed point, so it is not the chain-free sigmoid(a).
+  assert float(jnp.max(jnp.abs(samples - jax.nn.sigmoid(out[..., :1])))) > 1e-3
+  recon = sampling.reconstructions(model, params, x)
+  assert recon.shape == x.shape and bool(jnp.all(jnp.isfinite(recon)))
 
 
 def test_temperature_per_group():

@@ -142,11 +142,18 @@ FIELDS = (
      'log p(x) in discrete units), discretized_logistic, logistic_mixture (num_mixtures '
      'components per pixel, Salimans et al. 2017; channel-autoregressive for colour), '
      'local_bernoulli (binary data, each pixel also conditioned on its causal neighbours '
-     'within context_radius).'),
+     'within context_radius), causal_bernoulli (binary data, each pixel conditioned on '
+     'context_features learned features of its causal past: a small PixelCNN-style network '
+     'over x, context_layers deep).'),
     ('model.num_mixtures', 10, 'Components of the logistic_mixture likelihood.'),
     ('model.context_radius', 1, 'The local_bernoulli likelihood\'s context: each pixel\'s logit '
      'also reads the pixels before it within this radius (r rows of 2r + 1 above, r to the '
-     'left: 4 at 1, 12 at 2), with weights the decoder emits.'),
+     'left: 4 at 1, 12 at 2), with weights the decoder emits; for causal_bernoulli the window '
+     'its first layer reads.'),
+    ('model.context_features', 12, 'causal_bernoulli: learned context features per pixel (the '
+     'decoder emits one weight for each).'),
+    ('model.context_layers', 3, 'causal_bernoulli: layers of its causal network (the first '
+     'reads the context_radius window, each further one a causal 3x3 neighbourhood).'),
     ('model.prior', 'standard_normal', 'p(z) of the top layer: standard_normal, mixture '
      '(prior_components learned Gaussians) or vamp (Tomczak & Welling 2018: prior_components '
      'pseudo-inputs through the encoder); for a VQ-VAE (posterior vq) a prior over its code '
@@ -428,7 +435,8 @@ def validate(config, num_devices=None):
   _check(config.model.architecture != 'conv' or len(config.model.conv_features) > 0,
          'model.conv_features', 'a conv model needs at least one layer')
   binary = config.data.binarization in ('static', 'dynamic') or config.data.name == 'binarized_mnist'
-  _check(config.model.likelihood not in ('bernoulli', 'local_bernoulli') or binary,
+  _check(config.model.likelihood not in ('bernoulli', 'local_bernoulli', 'causal_bernoulli')
+         or binary,
          'model.likelihood', f"{config.model.likelihood!r} needs binary data "
          "(data.binarization 'static' or 'dynamic')")
   bits = config.data.get('bits', 8)
@@ -496,7 +504,8 @@ def validate(config, num_devices=None):
 VQ_STAGE_ONE_FIELDS = ('data.name', 'data.data_dir', 'data.binarization', 'data.train_split',
                        'data.eval_split', 'data.path', 'data.bits', 'data.skip_unreadable', 'model.architecture', 'model.conv_features',
                        'model.latent_dim', 'model.activation', 'model.likelihood',
-                       'model.num_mixtures', 'model.context_radius', 'model.codebook_size',
+                       'model.num_mixtures', 'model.context_radius', 'model.context_features',
+                       'model.context_layers', 'model.codebook_size',
                        'model.codebook_update', 'model.vq_residual_blocks')
 
 

@@ -22,11 +22,21 @@ import jax.numpy as jnp
 from vae_jax import objectives
 
 
+def _mean(module, out):
+  return module.likelihood.mean(out)
+
+
+def likelihood_mean(model, params, out):
+  """The mean image of p(x | z) from the decoder's output, inside the model's apply (a
+  likelihood may have parameters of its own: causal_bernoulli's network)."""
+  return model.apply({'params': params}, out, method=_mean)
+
+
 @functools.partial(jax.jit, static_argnames='model')
 def decode_mean(model, params, z, labels=None):
   """The mean image of p(x | z) for top latents z [N, D_L] (through the means of the layers below)."""
   out = model.apply({'params': params}, z, labels=labels, method='decode')
-  return model.likelihood.mean(out)
+  return likelihood_mean(model, params, out)
 
 
 @functools.partial(jax.jit, static_argnames='model')
@@ -48,7 +58,7 @@ def prior_samples(model, params, key, num_samples, temperature=1.0, labels=None)
   the classes of a conditional VAE.
   """
   out = model.apply({'params': params}, key, num_samples, temperature, labels, method='sample')
-  return model.likelihood.mean(out)
+  return likelihood_mean(model, params, out)
 
 
 @functools.partial(jax.jit, static_argnames='model')
@@ -56,7 +66,7 @@ def reconstructions(model, params, x, key=None, labels=None):
   """Reconstructs x through the posterior means (or one sample of q with `key`)."""
   shape = (1, x.shape[0], model.noise_dim)
   eps = jnp.zeros(shape) if key is None else jax.random.normal(key, shape)
-  return model.likelihood.mean(objectives.terms(model, params, x, eps, labels).out[0])
+  return likelihood_mean(model, params, objectives.terms(model, params, x, eps, labels).out[0])
 
 
 @functools.partial(jax.jit, static_argnames='model')
@@ -66,7 +76,7 @@ def top_group_reconstructions(model, params, x, key, num_posterior_groups, tempe
   picture of what each depth of the hierarchy keeps of x)."""
   out = model.apply({'params': params}, x, key, num_posterior_groups, temperature,
                     method='reconstruct_top')
-  return model.likelihood.mean(out)
+  return likelihood_mean(model, params, out)
 
 
 def side_by_side(x, x_hat):

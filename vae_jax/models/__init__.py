@@ -67,8 +67,12 @@ def validate_config(model_config, *, has_labels, channels=None, image_size=None)
          f'must be a positive int, got {m.num_mixtures!r}')
   radius = _field(m, 'context_radius', 1)
   _check(_positive_ints([radius]), 'context_radius', f'must be a positive int, got {radius!r}')
-  _check(radius == 1 or m.likelihood == 'local_bernoulli', 'context_radius',
-         f"is the local_bernoulli likelihood's context; model.likelihood is {m.likelihood!r}")
+  _check(radius == 1 or m.likelihood in ('local_bernoulli', 'causal_bernoulli'), 'context_radius',
+         f"is the local_bernoulli and causal_bernoulli likelihoods' context; model.likelihood is "
+         f'{m.likelihood!r}')
+  for name in ('context_features', 'context_layers'):
+    value = _field(m, name, 1)
+    _check(_positive_ints([value]), name, f'must be a positive int, got {value!r}')
   _check(isinstance(m.iaf_steps, int) and m.iaf_steps >= 0, 'iaf_steps',
          f'must be an int >= 0, got {m.iaf_steps!r}')
   _check(_positive_ints(tuple(m.iaf_hidden)) and len(m.iaf_hidden) > 0, 'iaf_hidden',
@@ -209,7 +213,9 @@ def make_model(model_config, image_shape, *, levels=256, num_classes=0) -> VAE:
   likelihood = likelihoods.make_likelihood(
       model_config.likelihood, channels=channels, levels=levels,
       num_mix=_field(model_config, 'num_mixtures', 10),
-      context_radius=_field(model_config, 'context_radius', 1))
+      context_radius=_field(model_config, 'context_radius', 1),
+      context_features=_field(model_config, 'context_features', 12),
+      context_layers=_field(model_config, 'context_layers', 3))
   if _field(model_config, 'hierarchy', 'bottom_up') == 'top_down':
     return _top_down(model_config, image_shape, likelihood, activation)
   if _field(model_config, 'posterior', 'gaussian') == 'vq':

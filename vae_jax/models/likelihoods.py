@@ -1,6 +1,8 @@
 """Observation models p(x | z): they read the decoder's output.
 
-A likelihood is a frozen dataclass (hashable, no parameters of its own):
+A likelihood is a frozen dataclass (hashable, no parameters of its own), or for
+CausalBernoulli a Flax module the model owns (its network's parameters under the
+model's 'likelihood' key, so its methods run inside the model's apply):
 `out_channels(C)` decoder outputs per pixel, `log_prob(x, out)` summed over an
 image's [H, W, C] axes, `mean(out)` and `sample(key, out)` as images in [0, 1].
 Images arrive in [0, 1]; `x` may have fewer leading axes than `out` (one image
@@ -16,13 +18,14 @@ as a Bernoulli's or a discretised logistic's (bits/dim comparable).
 import dataclasses
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from vae_jax import distributions
 
-LIKELIHOODS = ('bernoulli', 'local_bernoulli', 'gaussian', 'discretized_logistic',
-               'logistic_mixture')
+LIKELIHOODS = ('bernoulli', 'local_bernoulli', 'causal_bernoulli', 'gaussian',
+               'discretized_logistic', 'logistic_mixture')
 
 
 def _flat_rows(x, out, c):
@@ -149,6 +152,125 @@ class LocalBernoulli:
     return self._chain(out, lambda i, p: (u[..., i, :] < p).astype(out.dtype))
 
 
+# The taps of a causal 3x3 convolution over features that already exclude their own pixel
+# (PixelCNN's mask B): the row above and the pixel to the left, and the pixel itself.
+_CAUSAL_TAPS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 0))
+
+
+def _causal_features(x, embed, bias, kernels, biases, radius):
+  """x [..., H, W, C] -> [..., H, W, C, F]: features of each pixel's causal past, per channel.
+
+  The first layer reads the pixel's `radius` context window (PixelCNN's mask A:
+  never the pixel itself); each further layer adds a causal 3x3 convolution of
+  the GELU of the features (mask B) as a residual. Feature (y, x) then depends
+  on the pixels before (y, x) in raster order only: every tap of mask B points
+  at a position earlier in the raster or at the pixel itself, whose features
+  already exclude it. The receptive field grows by a row and a column per layer.
+  """
+  height, width = x.shape[-3:-1]
+  g = jnp.einsum('...m,mf->...f', _windows(x, radius), embed) + bias
+  for kernel, b in zip(kernels, biases):
+    h = jax.nn.gelu(g)
+    padded = jnp.pad(h, [(0, 0)] * (h.ndim - 4) + [(1, 0), (1, 1), (0, 0), (0, 0)])
+    taps = jnp.stack([padded[..., 1 + dy:1 + dy + height, 1 + dx:1 + dx + width, :, :]
+                      for dy, dx in _CAUSAL_TAPS], axis=-2)
+    g = g + jnp.einsum('...tf,tfg->...g', taps, kernel) + b
+  return g
+
+
+def _weighted(weights, features):
+  """sum_f weights * features over the last axis, as a contraction.
+
+  Written as multiply-then-sum, jaxlib 0.10.2's XLA:CPU miscompiled it inside a
+  larger fusion: with a bias added to the features and a constant added to the
+  result, its YNNPACK elementwise fusion returned wrong values past the first
+  ~96k elements (4,096 3x4 images), so the chain no longer summed to 1 (the test
+  test_causal_bernoulli_sums_to_one_over_every_binary_image caught it). A dot
+  is emitted as a dot.
+  """
+  return jnp.einsum('...f,...f->...', weights, features)
+
+
+class CausalBernoulli(nn.Module):
+  """A Bernoulli chain whose context is learned: pixel i's logit is a_i + sum_c w_ic g_c(x_<i).
+
+  LocalBernoulli's linear context, made a small learned network: g is a
+  PixelCNN-style stack of causal layers over the image (the first reads the
+  `radius` window, each of the `layers - 1` others a causal 3x3 neighbourhood of
+  the features below, as a residual), shared by every pixel and every image, with
+  `features` channels; a_i and the `features` weights w_ic are decoder outputs,
+  so they depend on z. The network reads x, not z, so under importance sampling
+  it runs once per image whatever the number of samples. Its residual kernels
+  start at zero, so at initialisation it is LocalBernoulli(radius) seen through a
+  learned linear map of the window. Given z the chain is normalised exactly.
+
+  This likelihood has parameters (the network's), so it is a Flax module the
+  model owns: its `log_prob`, `mean` and `sample` run inside the model's apply
+  (sampling.likelihood_mean), and the parameters sit under the model's
+  'likelihood' key. `mean` and `sample` run the chain pixel by pixel, the whole
+  network at each pixel; the mean is the mean-field image.
+  """
+
+  radius: int = 2
+  features: int = 12
+  layers: int = 3
+  dequantize = False
+
+  def setup(self):
+    m, f = context_size(self.radius), self.features
+    self.embed = self.param('embed', nn.initializers.lecun_normal(), (m, f))
+    self.bias = self.param('bias', nn.initializers.zeros, (f,))
+    self.kernels = self.param('kernels', nn.initializers.zeros,
+                              (self.layers - 1, len(_CAUSAL_TAPS), f, f))
+    self.biases = self.param('biases', nn.initializers.zeros, (self.layers - 1, f))
+
+  def out_channels(self, channels):
+    return channels * (1 + self.features)
+
+  def context(self, x):
+    """The learned context features [..., H, W, C, F] of x [..., H, W, C]."""
+    return _causal_features(x, self.embed, self.bias, self.kernels, self.biases, self.radius)
+
+  def _split(self, out, channels):
+    return out[..., :channels], out[..., channels:].reshape(
+        out.shape[:-1] + (channels, self.features))
+
+  def logits(self, x, out):
+    """Each pixel's logit given its causal past in x (teacher forcing), [..., H, W, C]."""
+    channels = x.shape[-1]
+    base, weights = self._split(out, channels)
+    return base + _weighted(weights, self.context(x))
+
+  def log_prob(self, x, out):
+    return Bernoulli().log_prob(x, self.logits(x, out))
+
+  def _chain(self, out, draw):
+    """The chain in raster order; `draw(index, probabilities)` gives pixel `index`'s value."""
+    *lead, height, width, _ = out.shape
+    channels = out.shape[-1] // (1 + self.features)
+    base, weights = self._split(out, channels)
+    params = (self.embed, self.bias, self.kernels, self.biases)  # Arrays: no module calls in the loop.
+
+    def step(i, image):
+      y, x = i // width, i % width
+      g = _causal_features(image, *params, self.radius)[..., y, x, :, :]
+      logit = base[..., y, x, :] + _weighted(weights[..., y, x, :, :], g)
+      value = draw(i, jax.nn.sigmoid(logit))
+      return image.at[..., y, x, :].set(value)
+
+    image = jnp.zeros(tuple(lead) + (height, width, channels), out.dtype)
+    return jax.lax.fori_loop(0, height * width, step, image)
+
+  def mean(self, out):
+    return self._chain(out, lambda i, p: p)
+
+  def sample(self, key, out):
+    *lead, height, width, _ = out.shape
+    channels = out.shape[-1] // (1 + self.features)
+    u = jax.random.uniform(key, tuple(lead) + (height * width, channels), out.dtype)
+    return self._chain(out, lambda i, p: (u[..., i, :] < p).astype(out.dtype))
+
+
 @dataclasses.dataclass(frozen=True)
 class Gaussian:
   """Diagonal Gaussian N(x | mean, exp(log_var)) on dequantised pixels.
@@ -238,12 +360,15 @@ class LogisticMixture:
     return distributions.discretized_logistic_mixture_sample(key, out, self.num_mix, self.channels)
 
 
-def make_likelihood(name, *, channels, levels, num_mix=10, context_radius=1):
+def make_likelihood(name, *, channels, levels, num_mix=10, context_radius=1, context_features=12,
+                    context_layers=3):
   """The likelihood called `name`, for images with `channels` channels of `levels` values."""
   if name == 'bernoulli':
     return Bernoulli()
   if name == 'local_bernoulli':
     return LocalBernoulli(context_radius)
+  if name == 'causal_bernoulli':
+    return CausalBernoulli(context_radius, context_features, context_layers)
   if name == 'gaussian':
     return Gaussian(levels)
   if name == 'discretized_logistic':

@@ -2,12 +2,16 @@
 
 import itertools
 import math
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import vae_jax
 from vae_jax import distributions as d
 from vae_jax.models import likelihoods
 
@@ -482,3 +486,39 @@ def test_causal_bernoulli_mean_is_the_mean_field_chain():
   # Each pixel is its probability given the chain's values before it: a fixed point.
   logits = lik.apply(params, mean, out, method='logits')
   np.testing.assert_allclose(mean, jax.nn.sigmoid(logits), rtol=1e-5, atol=1e-6)
+
+
+_MISCOMPILED = """
+import jax, jax.numpy as jnp, numpy as np
+import vae_jax
+w = jax.random.normal(jax.random.key(1), (3, 4, 1, 3))
+e = jax.random.normal(jax.random.key(3), (3,))
+x = (jax.random.uniform(jax.random.key(2), (4096, 3, 4, 1)) > 0.5).astype(jnp.float32)
+f = lambda x: 1.0 + jnp.sum(w * (x[..., None] * e), -1)
+print(float(np.abs(jax.jit(f)(x) - f(x)).max()))
+"""
+
+
+@pytest.mark.skipif(jax.default_backend() != 'cpu', reason='an XLA:CPU miscompilation')
+def test_importing_vae_jax_keeps_xla_cpu_from_miscompiling_a_broadcast_multiply_sum():
+  # jaxlib 0.10.2's YNNPACK fusions got this program wrong past ~96k elements (by 3.8 here).
+  # vae_jax, imported before any computation, restricts them to dots and convolutions.
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  env['PYTHONPATH'] = os.path.join(os.path.dirname(__file__), '..')
+  run = subprocess.run([sys.executable, '-c', _MISCOMPILED], env=env, capture_output=True,
+                       text=True, check=True, timeout=120)
+  assert float(run.stdout.strip().splitlines()[-1]) < 1e-5
+  if vae_jax._jaxlib_version() and vae_jax._YNN_MISCOMPILES[0] <= vae_jax._jaxlib_version() < (
+      vae_jax._YNN_MISCOMPILES[1]):
+    # A user's own setting of the flag is left alone.
+    env['XLA_FLAGS'] = f'{vae_jax.YNN_FLAG}=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'
+    check = subprocess.run(
+        [sys.executable, '-c', 'import os, vae_jax; print(os.environ["XLA_FLAGS"])'], env=env,
+        capture_output=True, text=True, check=True, timeout=60)
+    assert check.stdout.strip() == env['XLA_FLAGS']
+    del env['XLA_FLAGS']
+    env['VAE_JAX_KEEP_XLA_DEFAULTS'] = '1'
+    check = subprocess.run(
+        [sys.executable, '-c', 'import os, vae_jax; print(os.environ.get("XLA_FLAGS", ""))'],
+        env=env, capture_output=True, text=True, check=True, timeout=60)
+    assert check.stdout.strip() == ''

@@ -276,8 +276,9 @@ FIELDS = (
     ('train.num_seeds', 1, '> 1: that many seeds (seed, seed + 1, ...) trained at once, vmapped in '
      'one program; each replica keeps its own dir WORKDIR/seed_<seed>.'),
     ('train.exact_replicas', True, 'On CPU, compile the step so that a vmapped replica is '
-     'bit-identical to the one-seed run; False is a little faster at small batches, and '
-     'replicas then agree with single runs to rounding.'),
+     'bit-identical to the one-seed run; False is a little faster at small batches (on jaxlib '
+     '0.10.2-0.11 only with VAE_JAX_KEEP_XLA_DEFAULTS=1, see the README), and replicas then '
+     'agree with single runs to rounding.'),
 
     ('eval.batch_size', 500, 'Images per evaluation batch (global).'),
     ('eval.num_importance_samples', 0, 'K of the final importance-sampled log p(x) (5,000 for '

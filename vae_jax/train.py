@@ -47,7 +47,10 @@ def step_compiler_options(config) -> dict:
   from single runs by an ulp per step. Keeping YNNPACK to matmuls and
   convolutions gives both programs the same reductions (`tests/test_seeds.py`)
   at some speed at small batches (README, performance table). Single runs and
-  vmapped ones must agree on the setting to agree bit for bit.
+  vmapped ones must agree on the setting to agree bit for bit. On the jaxlib
+  versions that miscompile some YNNPACK fusions, `import vae_jax` sets the same
+  restriction for every program (vae_jax/__init__.py), so there False changes
+  nothing unless VAE_JAX_KEEP_XLA_DEFAULTS=1.
   """
   if jax.default_backend() != 'cpu' or not config.train.exact_replicas:
     return {}

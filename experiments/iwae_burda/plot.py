@@ -16,7 +16,9 @@ validation ELBO (single sample) per epoch. The title is what the runs have in
 common (dataset, binarisation, layers, activation, batch), each legend entry
 adds the fields in which that run differs, and the ELBO axis spans the curves
 after their first epochs (--ymin / --ymax fix it). --tag=_two_layers writes
-curves_two_layers.csv and elbo_curves_two_layers.png instead.
+curves_two_layers.csv and elbo_curves_two_layers.png instead; --names_only keeps
+the legend to the run names (experiments/ladder's plot, whose runs differ in many
+fields).
 """
 
 import argparse
@@ -124,6 +126,8 @@ def main():
   parser.add_argument('--title', default=None, help='instead of the one built from the runs')
   parser.add_argument('--ymin', type=float, default=None, help='lower end of the ELBO axis')
   parser.add_argument('--ymax', type=float, default=None, help='upper end of the ELBO axis')
+  parser.add_argument('--names_only', action='store_true',
+                      help='legend entries are the run names alone (runs that differ in many fields)')
   args = parser.parse_args()
   configs, rows, names = [], [], []
   for run in args.runs:
@@ -140,6 +144,8 @@ def main():
     writer.writeheader()
     writer.writerows(rows)
   title, labels = describe(configs)
+  if args.names_only:
+    labels = [''] * len(labels)
   fig, ax = plt.subplots(figsize=(10, 4.5))
   for i, (name, label) in enumerate(zip(names, labels)):
     for split, style in (('train', ':'), ('eval', '-')):

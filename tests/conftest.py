@@ -73,6 +73,8 @@ LONG = (
     'test_hierarchy.py::test_analytic_kl_is_the_mean_of_log_q_minus_log_p[residual]',  # 67 s
     'test_hierarchy.py::test_log_likelihood_matches_brute_force_integration[residual]',  # 47 s
     'test_hierarchy.py::test_identical_groups_compile_once',  # 41 s
+    'test_hierarchy.py::test_log_likelihood_matches_brute_force_integration[precision-causal_bernoulli]',  # 11 s
+    'test_distributions.py::test_causal_bernoulli_sample_frequencies_match_log_prob',  # 6 s
     'test_hierarchy.py::test_reconstructions_from_the_top_m_groups',  # 23 s
     'test_hierarchy.py::test_cifar10_hierarchy_config_trains_through_mock_data',
     # Every family trains, resumes, evaluates and samples; the dense top-down hierarchies

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import vae_jax
 from vae_jax import checkpoint
 from vae_jax import config as config_lib
 from vae_jax import data
@@ -54,8 +55,7 @@ def step_compiler_options(config) -> dict:
   """
   if jax.default_backend() != 'cpu' or not config.train.exact_replicas:
     return {}
-  return {'xla_cpu_experimental_ynn_fusion_type':
-          'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION'}
+  return {'xla_cpu_experimental_ynn_fusion_type': vae_jax.YNN_DOTS_AND_CONVOLUTIONS}
 
 
 def scan_unroll(config):

@@ -85,6 +85,17 @@ def _windows(x, radius):
   return jnp.stack(shifted[:context_size(r)], axis=-1)
 
 
+def _uniform_draws(key, out, planes):
+  """A chain's `draw` for sampling: pixel i is 1 where its uniform is below its probability.
+
+  out [..., H, W, channels * planes]: the decoder output of a chain likelihood.
+  """
+  *lead, height, width, _ = out.shape
+  channels = out.shape[-1] // planes
+  u = jax.random.uniform(key, tuple(lead) + (height * width, channels), out.dtype)
+  return lambda i, p: (u[..., i, :] < p).astype(out.dtype)
+
+
 @dataclasses.dataclass(frozen=True)
 class LocalBernoulli:
   """A locally autoregressive Bernoulli: pixel i's logit is a_i + sum_j w_ij x_j over its context.
@@ -146,10 +157,7 @@ class LocalBernoulli:
     return self._chain(out, lambda i, p: p)
 
   def sample(self, key, out):
-    *lead, height, width, _ = out.shape
-    channels = out.shape[-1] // (1 + context_size(self.radius))
-    u = jax.random.uniform(key, tuple(lead) + (height * width, channels), out.dtype)
-    return self._chain(out, lambda i, p: (u[..., i, :] < p).astype(out.dtype))
+    return self._chain(out, _uniform_draws(key, out, 1 + context_size(self.radius)))
 
 
 # The taps of a causal 3x3 convolution over features that already exclude their own pixel
@@ -265,10 +273,7 @@ class CausalBernoulli(nn.Module):
     return self._chain(out, lambda i, p: p)
 
   def sample(self, key, out):
-    *lead, height, width, _ = out.shape
-    channels = out.shape[-1] // (1 + self.features)
-    u = jax.random.uniform(key, tuple(lead) + (height * width, channels), out.dtype)
-    return self._chain(out, lambda i, p: (u[..., i, :] < p).astype(out.dtype))
+    return self._chain(out, _uniform_draws(key, out, 1 + self.features))
 
 
 @dataclasses.dataclass(frozen=True)
